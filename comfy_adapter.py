@@ -1,0 +1,235 @@
+"""The one module that talks to ComfyUI.
+
+Inside ComfyUI every helper here forwards to ComfyUI's own (folder_paths, comfy.utils.ProgressBar,
+comfy.model_management). Outside it (the headless harness, tests) the same calls fall back to plain
+code: a models root from `--models-dir` / $OPENSORA_MODELS_DIR, tqdm progress bars, a cancel flag.
+Nothing else in the pack imports ComfyUI.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+from datetime import datetime
+
+import torch
+
+try:  # ComfyUI puts its root on sys.path before it imports custom nodes.
+    import folder_paths  # type: ignore
+    import comfy.model_management as _mm  # type: ignore
+    import comfy.utils as _comfy_utils  # type: ignore
+
+    IN_COMFY = True
+except ImportError:
+    folder_paths = _mm = _comfy_utils = None
+    IN_COMFY = False
+
+# The pack's own folder under models/ for diffusers-style model directories (HF folders).
+PACK_FOLDER = "opensora"
+# ComfyUI's standard folders plus the pack folder; values are the file extensions listed for each.
+MODEL_EXTENSIONS = {".safetensors", ".pt", ".pth", ".ckpt", ".bin", ".sft"}
+MODEL_FOLDERS = {
+    "diffusion_models": ["diffusion_models", "unet"],
+    "vae": ["vae"],
+    "text_encoders": ["text_encoders", "clip"],
+    PACK_FOLDER: [PACK_FOLDER],
+}
+
+_settings = {"models_dir": None, "output_dir": None, "input_dir": None, "temp_dir": None, "device": None}
+
+
+# --------------------------------------------------------------------------------------------
+# Folders
+# --------------------------------------------------------------------------------------------
+def configure(models_dir=None, output_dir=None, input_dir=None, device=None):
+    """Headless settings (the CLI's --models-dir / --output-dir / --device). Ignored inside ComfyUI."""
+    if models_dir is not None:
+        _settings["models_dir"] = os.path.abspath(models_dir)
+    if output_dir is not None:
+        _settings["output_dir"] = os.path.abspath(output_dir)
+    if input_dir is not None:
+        _settings["input_dir"] = os.path.abspath(input_dir)
+    if device is not None:
+        _settings["device"] = device
+
+
+def models_dir() -> str:
+    if IN_COMFY:
+        return folder_paths.models_dir
+    return _settings["models_dir"] or os.environ.get("OPENSORA_MODELS_DIR") or os.path.abspath("models")
+
+
+def output_directory() -> str:
+    if IN_COMFY:
+        return folder_paths.get_output_directory()
+    return _settings["output_dir"] or os.environ.get("OPENSORA_OUTPUT_DIR") or os.path.abspath("output")
+
+
+def input_directory() -> str:
+    if IN_COMFY:
+        return folder_paths.get_input_directory()
+    return _settings["input_dir"] or os.environ.get("OPENSORA_INPUT_DIR") or os.path.abspath("input")
+
+
+def temp_directory() -> str:
+    if IN_COMFY:
+        return folder_paths.get_temp_directory()
+    return _settings["temp_dir"] or os.path.join(output_directory(), "..", "temp")
+
+
+def register_model_folders():
+    """Inside ComfyUI: make the pack folder known next to ComfyUI's standard ones."""
+    if not IN_COMFY:
+        return
+    path = os.path.join(folder_paths.models_dir, PACK_FOLDER)
+    folder_paths.add_model_folder_path(PACK_FOLDER, path, is_default=True)
+    # Directories (HF folders) are listed by list_models(), so no extension filter is needed here.
+
+
+def _folder_roots(kind: str) -> list[str]:
+    if IN_COMFY and kind in getattr(folder_paths, "folder_names_and_paths", {}):
+        return list(folder_paths.get_folder_paths(kind))
+    return [os.path.join(models_dir(), sub) for sub in MODEL_FOLDERS[kind]]
+
+
+def list_models(kind: str, dirs: bool = False) -> list[str]:
+    """Files (or, with dirs=True, model directories holding a config.json or model_index.json)
+    under every root of a model folder, as relative paths with '/' separators."""
+    found = set()
+    for root in _folder_roots(kind):
+        if not os.path.isdir(root):
+            continue
+        for cur, subdirs, files in os.walk(root, followlinks=True):
+            rel = os.path.relpath(cur, root)
+            if dirs and rel != "." and ({"config.json", "model_index.json"} & set(files)):
+                found.add(rel.replace(os.sep, "/"))
+            if not dirs:
+                for f in files:
+                    if os.path.splitext(f)[1].lower() in MODEL_EXTENSIONS:
+                        found.add(os.path.normpath(os.path.join(rel, f)).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def model_path(kind: str, name: str) -> str | None:
+    """Absolute path of `name` inside a model folder, or None when it is not there."""
+    for root in _folder_roots(kind):
+        p = os.path.join(root, name)
+        if os.path.exists(p):
+            return p
+    return None
+
+
+def get_save_path(filename_prefix: str, output_dir: str | None = None):
+    """(folder, filename, counter, subfolder) for a new output, as ComfyUI's get_save_image_path:
+    the prefix may hold a subfolder, the counter is one more than the highest `<name>_NNNNN_` present."""
+    output_dir = output_dir or output_directory()
+    if IN_COMFY:
+        folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
+        return folder, filename, counter, subfolder
+    now = datetime.now()
+    for key, val in {"%year%": now.year, "%month%": f"{now.month:02d}", "%day%": f"{now.day:02d}",
+                     "%hour%": f"{now.hour:02d}", "%minute%": f"{now.minute:02d}",
+                     "%second%": f"{now.second:02d}"}.items():
+        filename_prefix = filename_prefix.replace(key, str(val))
+    subfolder, filename = os.path.split(os.path.normpath(filename_prefix))
+    folder = os.path.join(output_dir, subfolder)
+    if os.path.commonpath((os.path.abspath(output_dir), os.path.abspath(folder))) != os.path.abspath(output_dir):
+        raise ValueError(f"filename_prefix '{filename_prefix}' points outside the output folder {output_dir}")
+    os.makedirs(folder, exist_ok=True)
+    pattern = re.compile(re.escape(filename) + r"_(\d+)_")
+    counters = [int(m.group(1)) for f in os.listdir(folder) if (m := pattern.match(f))]
+    return folder, filename, max(counters, default=0) + 1, subfolder
+
+
+# --------------------------------------------------------------------------------------------
+# Progress and cancel
+# --------------------------------------------------------------------------------------------
+class Interrupted(Exception):
+    """The user cancelled (Ctrl-C headless, the Cancel button in ComfyUI)."""
+
+
+_cancel = threading.Event()
+_progress_hook = None  # headless: fn(node_id, value, total) installed by the harness
+
+
+def request_cancel():
+    _cancel.set()
+
+
+def clear_cancel():
+    _cancel.clear()
+
+
+def check_interrupt():
+    """Raise if the user cancelled. Call it between steps; it is cheap."""
+    if IN_COMFY:
+        _mm.throw_exception_if_processing_interrupted()
+    elif _cancel.is_set():
+        raise Interrupted("cancelled by the user")
+
+
+def set_progress_hook(fn):
+    global _progress_hook
+    _progress_hook = fn
+
+
+class Progress:
+    """ComfyUI's ProgressBar inside ComfyUI; a tqdm bar (plus the harness hook) outside it.
+    Every update also checks for cancellation, as ComfyUI's progress hook does."""
+
+    def __init__(self, total: int, desc: str = "", node_id=None):
+        self.total, self.value, self.node_id = int(total), 0, node_id
+        self._bar = None
+        if IN_COMFY:
+            self._comfy = _comfy_utils.ProgressBar(self.total)
+        else:
+            self._comfy = None
+            if _progress_hook is None:
+                from tqdm.auto import tqdm
+
+                self._bar = tqdm(total=self.total, desc=desc, leave=False)
+
+    def update(self, n: int = 1, preview=None):
+        self.update_absolute(self.value + n, preview=preview)
+
+    def update_absolute(self, value: int, preview=None):
+        delta, self.value = value - self.value, value
+        if self._comfy is not None:
+            self._comfy.update_absolute(value, self.total, preview)
+        else:
+            if self._bar is not None:
+                self._bar.update(delta)
+                if self.value >= self.total:
+                    self._bar.close()
+            if _progress_hook is not None:
+                _progress_hook(self.node_id, self.value, self.total)
+        check_interrupt()
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Devices
+# --------------------------------------------------------------------------------------------
+def torch_device() -> torch.device:
+    if IN_COMFY:
+        return _mm.get_torch_device()
+    want = _settings["device"] or os.environ.get("OPENSORA_DEVICE") or "auto"
+    if want == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(want)
+
+
+def offload_device() -> torch.device:
+    if IN_COMFY:
+        return _mm.unet_offload_device()
+    return torch.device("cpu")
+
+
+def soft_empty_cache():
+    if IN_COMFY:
+        _mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,1 @@
+"""Model math for the pack: importable without ComfyUI."""

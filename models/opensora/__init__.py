@@ -1,0 +1,1 @@
+"""Open-Sora family (v1.0 to 2.0)."""
