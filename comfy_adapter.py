@@ -92,8 +92,12 @@ def _folder_roots(kind: str) -> list[str]:
     return [os.path.join(models_dir(), sub) for sub in MODEL_FOLDERS[kind]]
 
 
-def list_models(kind: str, dirs: bool = False) -> list[str]:
-    """Files (or, with dirs=True, model directories holding a config.json or model_index.json)
+MODEL_DIR_MARKERS = {"config.json", "model_index.json"}
+TOKENIZER_DIR_MARKERS = {"tokenizer.json", "spiece.model", "tokenizer_config.json"}
+
+
+def list_models(kind: str, dirs: bool = False, markers=MODEL_DIR_MARKERS) -> list[str]:
+    """Files (or, with dirs=True, directories holding one of `markers`: HF model or tokenizer folders)
     under every root of a model folder, as relative paths with '/' separators."""
     found = set()
     for root in _folder_roots(kind):
@@ -101,7 +105,7 @@ def list_models(kind: str, dirs: bool = False) -> list[str]:
             continue
         for cur, subdirs, files in os.walk(root, followlinks=True):
             rel = os.path.relpath(cur, root)
-            if dirs and rel != "." and ({"config.json", "model_index.json"} & set(files)):
+            if dirs and rel != "." and (set(markers) & set(files)):
                 found.add(rel.replace(os.sep, "/"))
             if not dirs:
                 for f in files:
@@ -233,3 +237,13 @@ def soft_empty_cache():
         _mm.soft_empty_cache()
     elif torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def bundled_tokenizer_dirs(name: str = "t5_tokenizer") -> list[str]:
+    """Tokenizer folders ComfyUI ships (comfy/text_encoders/<name>), a fallback when none sits by the model."""
+    if not IN_COMFY:
+        return []
+    import comfy
+
+    path = os.path.join(os.path.dirname(comfy.__file__), "text_encoders", name)
+    return [path] if os.path.isdir(path) else []

@@ -1,0 +1,352 @@
+"""What the nodes call: load models, make latents, place conditions, sample, decode.
+
+Objects passed between nodes:
+- OPENSORA_MODEL  -> DiffusionModel (family, the network, its precision and devices)
+- OPENSORA_VAE    -> VideoVAE
+- OPENSORA_TEXT_ENCODER -> text_encoders.T5Encoder
+- OPENSORA_COND   -> dict(family, y [B,1,L,C], mask [B,L], prompts)
+- LATENT          -> ComfyUI's dict: "samples" [B,C,T,H,W] (the VAE's normalised latent) plus an "opensora"
+                     dict with the decoded video size and the reference conditions (mask_strategy entries).
+The family is read off the checkpoint, never the file name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import comfy_adapter
+from . import checkpoint, devices, mask_strategy, noise as noise_mod, rflow
+from .opensora import buckets, stdit3, vae_v1_2
+from .text_encoders import T5_MAX_LENGTH, TextEncoderError, clean_caption, load_t5, t5_encode
+
+TEXT_FAMILIES = ["opensora-v1.2"]
+SCHEDULERS = ["rflow"]
+RESOLUTIONS = ["144p", "240p", "360p", "480p", "720p", "1080p", "custom"]
+# Width:height, as users read aspect ratios (Open-Sora 1.x keys its tables height:width; mapped below).
+ASPECT_RATIOS = ["16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "2:1", "1:2", "17:9", "9:17", "21:9", "8:3",
+                 "50:27", "27:50", "25:12", "8:5", "5:8"]
+
+MODEL_FAMILIES = {"stdit3": "opensora-v1.2"}
+VAE_FAMILIES = {"opensora_vae_v1_2": "opensora-v1.2"}
+
+
+class ModelLoadError(ValueError):
+    pass
+
+
+class InputError(ValueError):
+    """A bad node input, raised from model code: which input, what is wrong, how to fix it."""
+
+    def __init__(self, input_name: str, problem: str, fix: str):
+        super().__init__(f"input '{input_name}': {problem}. Fix: {fix}")
+        self.input_name, self.problem, self.fix = input_name, problem, fix
+
+
+@dataclass
+class DiffusionModel:
+    family: str
+    net: torch.nn.Module
+    dtype: torch.dtype
+    device: torch.device
+    offload_device: torch.device
+    config: dict = field(default_factory=dict)
+
+
+@dataclass
+class VideoVAE:
+    family: str
+    net: torch.nn.Module
+    dtype: torch.dtype
+    device: torch.device
+    offload_device: torch.device
+
+    @property
+    def spatial_ratio(self) -> int:
+        return self.net.spatial_ratio
+
+    @property
+    def latent_channels(self) -> int:
+        return self.net.latent_channels
+
+    def latent_frames(self, num_frames: int) -> int:
+        return self.net.latent_frames(num_frames)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+def _kind_hint(kind: str) -> str:
+    if kind in MODEL_FAMILIES:
+        return "a diffusion transformer: load it with OpenSora Model Loader"
+    if kind in VAE_FAMILIES or "vae" in kind:
+        return "a VAE: load it with OpenSora VAE Loader"
+    if kind == "t5":
+        return "a T5 text encoder: load it with OpenSora Text Encoder Loader"
+    return f"a '{kind}' checkpoint, which this pack does not support yet"
+
+
+def _read(path: str) -> tuple[dict, str]:
+    try:
+        sd = checkpoint.load_state_dict_file(path)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ModelLoadError(f"cannot read '{path}' as a checkpoint ({e})") from e
+    return sd, checkpoint.detect_family(sd)
+
+
+def load_diffusion_model(path: str, dtype_name: str = "auto") -> DiffusionModel:
+    sd, kind = _read(path)
+    if kind not in MODEL_FAMILIES:
+        raise ModelLoadError(f"'{path}' is {_kind_hint(kind)}, not a diffusion transformer this loader can take "
+                             f"(supported: Open-Sora 1.2 STDiT3)")
+    device = devices.get_device()
+    dtype = devices.resolve_dtype(dtype_name, device)
+    net = stdit3.load_stdit3(sd)
+    net.to(dtype=dtype).eval().requires_grad_(False)
+    return DiffusionModel(MODEL_FAMILIES[kind], net, dtype, device, devices.offload_device())
+
+
+def load_vae(path: str, dtype_name: str = "auto") -> VideoVAE:
+    sd, kind = _read(path)
+    if kind not in VAE_FAMILIES:
+        raise ModelLoadError(f"'{path}' is {_kind_hint(kind)}, not a video VAE this loader can take "
+                             f"(supported: Open-Sora VAE v1.2)")
+    device = devices.get_device()
+    dtype = devices.resolve_dtype(dtype_name, device)
+    net = vae_v1_2.load_vae_v1_2(sd)
+    net.to(dtype=dtype).eval().requires_grad_(False)
+    return VideoVAE(VAE_FAMILIES[kind], net, dtype, device, devices.offload_device())
+
+
+def load_text_encoder(path: str, tokenizer_dir: str | None, dtype_name: str = "auto", device_name: str = "auto"):
+    device = devices.get_device() if device_name == "auto" else torch.device("cpu")
+    # Open-Sora 1.x ran T5 in fp32; on GPU bf16 halves the 19 GB of T5-XXL at a negligible cost.
+    dtype = (torch.float32 if device.type == "cpu" else torch.bfloat16) if dtype_name == "auto" else \
+        devices.check_dtype(dtype_name, device)
+    from .text_encoders import find_tokenizer
+
+    if tokenizer_dir is None:
+        tokenizer_dir = find_tokenizer(path, extra_dirs=[comfy_adapter.model_path(comfy_adapter.PACK_FOLDER,
+                                                                                  "t5_tokenizer") or "",
+                                                         *comfy_adapter.bundled_tokenizer_dirs()])
+    try:
+        return load_t5(path, tokenizer_dir, dtype=dtype, device=device)
+    except TextEncoderError as e:
+        raise ModelLoadError(str(e)) from e
+
+
+# --------------------------------------------------------------------------------------------
+# Text
+# --------------------------------------------------------------------------------------------
+def opensora_v1_2_prompt(prompt: str, aesthetic_score=None, motion_score=None, camera_motion=None) -> str:
+    """Score suffixes as the original appends them (each only if absent), then caption cleaning."""
+    if aesthetic_score is not None and "aesthetic score:" not in prompt:
+        prompt = f"{prompt} aesthetic score: {aesthetic_score:.1f}."
+    if motion_score is not None and "motion score:" not in prompt:
+        prompt = f"{prompt} motion score: {motion_score:.1f}."
+    if camera_motion is not None and "camera motion:" not in prompt:
+        prompt = f"{prompt} camera motion: {camera_motion}."
+    return clean_caption(prompt)
+
+
+def encode_text(encoder, prompt: str, family: str, aesthetic_score=None, motion_score=None, camera_motion=None,
+                offload: bool = True) -> dict:
+    if family not in TEXT_FAMILIES:
+        raise InputError("family", f"unknown model family '{family}'", f"choose one of {TEXT_FAMILIES}")
+    text = opensora_v1_2_prompt(prompt, aesthetic_score, motion_score, camera_motion)
+    encoder.to(encoder.device if encoder.device.type != "cpu" else "cpu")
+    y, mask = t5_encode(encoder, [text], max_length=T5_MAX_LENGTH["v1.2"])
+    if offload:
+        encoder.to(devices.offload_device())
+        comfy_adapter.soft_empty_cache()
+    return {"family": family, "y": y, "mask": mask, "prompts": [text]}
+
+
+# --------------------------------------------------------------------------------------------
+# Latents and conditions
+# --------------------------------------------------------------------------------------------
+def bucket_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:
+    """(height, width) of an Open-Sora 1.2 bucket, the aspect ratio given as width:height."""
+    w, h = aspect_ratio.split(":")
+    return buckets.get_image_size(resolution, f"{h}:{w}")
+
+
+def empty_latent(vae: VideoVAE, resolution: str, aspect_ratio: str, width: int, height: int, num_frames: int,
+                 batch_size: int) -> dict:
+    if resolution != "custom":
+        if aspect_ratio not in ASPECT_RATIOS:
+            raise InputError("aspect_ratio", f"'{aspect_ratio}' is not a known aspect ratio",
+                             f"choose one of {ASPECT_RATIOS}")
+        height, width = bucket_size(resolution, aspect_ratio)
+    ratio = vae.spatial_ratio
+    if height % ratio or width % ratio:
+        name = "height" if height % ratio else "width"
+        raise InputError(name, f"{height if name == 'height' else width} is not divisible by {ratio} (the VAE's "
+                         f"spatial compression)", f"use a multiple of {ratio}")
+    problem = vae.net.check_num_frames(num_frames) if hasattr(vae.net, "check_num_frames") else None
+    if problem:
+        raise InputError("num_frames", problem[0], problem[1])
+    shape = (batch_size, vae.latent_channels, vae.latent_frames(num_frames), height // ratio, width // ratio)
+    return {"samples": torch.zeros(shape),
+            "opensora": {"family": vae.family, "num_frames": num_frames, "height": height, "width": width,
+                         "conditions": []}}
+
+
+def _latent_info(latent: dict, input_name: str = "latent") -> dict:
+    info = latent.get("opensora")
+    if info is None:
+        raise InputError(input_name, "this latent was not made by an OpenSora node (it lacks the video size)",
+                         "start from OpenSora Empty Latent or OpenSora VAE Encode")
+    return info
+
+
+def _fit_frames(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Resize to fill (height, width) and center-crop, as the original reads references ('resize_crop')."""
+    import torch.nn.functional as F
+
+    _, _, t, h, w = video.shape
+    if (h, w) == (height, width):
+        return video
+    s = max(height / h, width / w)
+    nh, nw = max(height, round(h * s)), max(width, round(w * s))
+    frames = video[0].movedim(1, 0)  # [T, C, H, W]
+    frames = F.interpolate(frames.float(), size=(nh, nw), mode="bicubic", align_corners=False).clamp(-1, 1)
+    top, left = (nh - height) // 2, (nw - width) // 2
+    return frames[:, :, top:top + height, left:left + width].movedim(0, 1)[None]
+
+
+def encode_reference(vae: VideoVAE, video: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Reference frames [1,3,T,H,W] in -1..1 -> latent [C, T', h, w] (posterior mean: deterministic)."""
+    return encode(vae, _fit_frames(video, height, width))["samples"][0]
+
+
+def add_reference(latent: dict, vae: VideoVAE, video: torch.Tensor, reference_start: int, target_start: int,
+                  length: int, edit_ratio: float, loop_index: int = 0) -> dict:
+    info = _latent_info(latent)
+    ref = encode_reference(vae, video, info["height"], info["width"])
+    entry = mask_strategy.MaskEntry(loop_id=loop_index, ref_id=0, ref_start=reference_start,
+                                    target_start=target_start, length=length, edit_ratio=edit_ratio)
+    return _with_conditions(latent, [(entry, ref)])
+
+
+def add_mask_strategy(latent: dict, vae: VideoVAE, strategy: str, references: list, loop_index: int = 0) -> dict:
+    info = _latent_info(latent)
+    try:
+        entries = mask_strategy.parse_mask_strategy(strategy)
+    except ValueError as e:
+        raise InputError("mask_strategy", str(e), "write ';'-separated groups of "
+                         "'loop,ref,ref_start,target_start,length,edit_ratio', e.g. '0' or '0;0,1,0,-1,1'") from e
+    refs = [encode_reference(vae, r, info["height"], info["width"]) for r in references]
+    conds = []
+    for e in entries:
+        if e.loop_id != loop_index:
+            continue  # as the original: a group applies only in its own loop
+        if e.ref_id >= len(refs):
+            raise InputError(f"reference_{e.ref_id + 1}", f"the strategy uses reference {e.ref_id} but it is not "
+                             f"connected", f"connect an image or video to reference_{e.ref_id + 1}")
+        conds.append((dataclasses.replace(e, ref_id=0), refs[e.ref_id]))
+    return _with_conditions(latent, conds)
+
+
+def _with_conditions(latent: dict, conds: list) -> dict:
+    out = dict(latent)
+    info = dict(_latent_info(latent))
+    info["conditions"] = list(info.get("conditions", [])) + conds
+    out["opensora"] = info
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------------------------
+def _check_family(model: DiffusionModel, cond: dict, latent_info: dict):
+    if cond.get("family") != model.family:
+        raise InputError("positive", f"the conditioning was encoded for '{cond.get('family')}' but the model is "
+                         f"'{model.family}'", f"set family to {model.family} in OpenSora Text Encode")
+    if latent_info.get("family") not in (None, model.family):
+        raise InputError("latent", f"the latent belongs to a '{latent_info.get('family')}' VAE but the model is "
+                         f"'{model.family}'", "make the latent with the VAE that matches the model")
+
+
+def sample(model: DiffusionModel, positive: dict, latent: dict, seed: int, steps: int, cfg: float,
+           scheduler: str, denoise: float, fps: int, negative: dict | None = None) -> dict:
+    info = _latent_info(latent)
+    _check_family(model, positive, info)
+    if scheduler not in SCHEDULERS:
+        raise InputError("scheduler", f"'{scheduler}' is not a scheduler of {model.family}",
+                         f"choose one of {SCHEDULERS}")
+    x0 = latent["samples"].float()
+    b = x0.shape[0]
+    z = noise_mod.seeded_noise(seed, x0.shape)
+    # Every batch row gets the same prompt: tile y and its mask to the batch.
+    y = positive["y"].repeat(b, 1, 1, 1)
+    y_mask = positive["mask"].repeat(b, 1)
+
+    mask = None
+    if info.get("conditions"):
+        z, mask = mask_strategy.apply_conditions(z, info["conditions"])
+    if denoise < 1.0:
+        if mask is None:
+            mask = torch.ones(z.shape[0], z.shape[2])
+        # Video-to-video: every frame starts from the input latent and is re-noised at t = denoise * 1000,
+        # exactly how an edit ratio works in the mask strategy.
+        keep = mask >= 1
+        z = torch.where(keep[:, None, :, None, None], x0, z)
+        mask = torch.where(keep, torch.full_like(mask, denoise), mask)
+
+    net = model.net.to(model.device)
+    try:
+        out = rflow.sample(net, z, y, y_mask, steps=steps, cfg_scale=cfg, mask=mask,
+                           height=info["height"], width=info["width"], num_frames=info["num_frames"], fps=fps,
+                           dtype=model.dtype, device=model.device, generator_seed=seed)
+    finally:
+        if model.offload_device != model.device:
+            net.to(model.offload_device)
+    result = dict(latent)
+    result["samples"] = out.float().cpu()
+    result["opensora"] = {**info, "conditions": []}
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# VAE
+# --------------------------------------------------------------------------------------------
+def decode(vae: VideoVAE, latent: dict, temporal_chunk: int = 0, temporal_overlap: int = 0, spatial_tile: int = 0,
+           spatial_overlap: int = 64) -> torch.Tensor:
+    info = _latent_info(latent)
+    if info.get("family") not in (None, vae.family):
+        raise InputError("latent", f"the latent belongs to a '{info['family']}' VAE but this VAE is '{vae.family}'",
+                         "decode with the VAE the latent was made with")
+    net = vae.net.to(vae.device)
+    try:
+        z = latent["samples"].to(vae.device, vae.dtype)
+        video = vae_v1_2.decode_tiled(net, z, info["num_frames"], temporal_chunk=temporal_chunk,
+                                      temporal_overlap=temporal_overlap, spatial_tile=spatial_tile,
+                                      spatial_overlap=spatial_overlap)
+    finally:
+        if vae.offload_device != vae.device:
+            net.to(vae.offload_device)
+    return video.float().cpu()
+
+
+def encode(vae: VideoVAE, video: torch.Tensor) -> dict:
+    _, _, t, h, w = video.shape
+    ratio = vae.spatial_ratio
+    if h % ratio or w % ratio:
+        raise InputError("images", f"frames of {w}x{h} are not divisible by {ratio}",
+                         f"resize or crop them to multiples of {ratio} first")
+    net = vae.net.to(vae.device)
+    try:
+        z = net.encode(video.to(vae.device, vae.dtype), sample_posterior=False)
+    finally:
+        if vae.offload_device != vae.device:
+            net.to(vae.offload_device)
+    return {"samples": z.float().cpu(),
+            "opensora": {"family": vae.family, "num_frames": t, "height": h, "width": w, "conditions": []}}
+
+
+__all__ = ["DiffusionModel", "VideoVAE", "ModelLoadError", "InputError", "load_diffusion_model", "load_vae",
+           "load_text_encoder", "encode_text", "empty_latent", "add_reference", "add_mask_strategy", "sample",
+           "decode", "encode", "math"]

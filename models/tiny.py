@@ -1,0 +1,60 @@
+"""Tiny random checkpoints in the released key layouts, written to a models folder.
+
+Used by the tests, the benchmarks and the README's first command: they exercise the real file loading
+(single-file safetensors, strict keys, tokenizer folders) without any download.
+"""
+from __future__ import annotations
+
+import io
+import os
+
+import torch
+from safetensors.torch import save_file
+
+WORDS = ("a an the red green blue yellow white orange purple circle square triangle moving left right up down "
+         "still growing shrinking on black gray white background aesthetic score motion camera pan zoom cat dog "
+         "in of and with is are video frame fps").split()
+
+
+def write_t5_tokenizer(folder: str, words=WORDS, vocab_size: int = 96):
+    """A small T5-style (sentencepiece unigram) tokenizer: pad 0, </s> 1, <unk> 2, saved as tokenizer.json."""
+    import sentencepiece as spm
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    corpus = [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 8
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=proto, vocab_size=vocab_size,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
+    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    vocab[:3] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    tok.normalizer = normalizers.Replace(" {2,}", " ")
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    fast = T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0)
+    os.makedirs(folder, exist_ok=True)
+    fast.save_pretrained(folder)
+    return len(vocab)
+
+
+def write_tiny_t5(path: str, d_model: int = 32, num_layers: int = 2, num_heads: int = 2, d_ff: int = 64,
+                  seed: int = 0) -> str:
+    """A tiny T5 v1.1 encoder as ComfyUI's single-file t5xxl_*.safetensors layout, plus its tokenizer in
+    `<stem>_tokenizer/` beside it. Returns the file path."""
+    from transformers import T5Config, T5EncoderModel
+
+    tok_dir = os.path.splitext(path)[0] + "_tokenizer"
+    vocab = write_t5_tokenizer(tok_dir)
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=vocab, d_model=d_model, num_layers=num_layers, num_heads=num_heads,
+                      d_kv=d_model // num_heads, d_ff=d_ff, feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+    model = T5EncoderModel(config)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    save_file(sd, path)
+    return path

@@ -1,0 +1,114 @@
+"""Loader nodes: diffusion transformer, VAE, text encoder. The family comes from the checkpoint's tensors."""
+from __future__ import annotations
+
+from .. import comfy_adapter
+from ..models import pipeline
+from .common import CATEGORY, DTYPE_CHOICES, NodeInputError, model_choices, resolve_model_path
+
+
+def _load(node: str, input_name: str, fn, *args):
+    try:
+        return fn(*args)
+    except (pipeline.ModelLoadError, ValueError) as e:
+        raise NodeInputError(node, input_name, str(e), "choose a checkpoint of the kind this loader takes") from e
+
+
+class OpenSoraModelLoader:
+    DESCRIPTION = ("Loads a video diffusion transformer (Open-Sora STDiT3, ...). The family is detected from the "
+                   "checkpoint's tensors; a file of another kind is refused with a message that says which "
+                   "loader it belongs to.")
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = ("OPENSORA_MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The diffusion transformer, for the sampler.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (model_choices("diffusion_models"), {
+                "tooltip": "Checkpoint in models/diffusion_models (e.g. Open-Sora 1.2's model.safetensors), or a "
+                           "diffusers-style folder in models/opensora."}),
+            "dtype": (DTYPE_CHOICES, {
+                "default": "auto",
+                "tooltip": "Weight and compute precision. auto: bf16 on GPUs that support it, fp16 on older "
+                           "GPUs, fp32 on CPU."}),
+        }}
+
+    def load(self, model_name, dtype):
+        path = resolve_model_path("OpenSoraModelLoader", "model_name", "diffusion_models", model_name)
+        return (_load("OpenSoraModelLoader", "model_name", pipeline.load_diffusion_model, path, dtype),)
+
+
+class OpenSoraVAELoader:
+    DESCRIPTION = ("Loads a video VAE (Open-Sora VAE v1.2, ...). The family is detected from the checkpoint's "
+                   "tensors.")
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = ("OPENSORA_VAE",)
+    RETURN_NAMES = ("vae",)
+    OUTPUT_TOOLTIPS = ("The video VAE, for empty latents, encode/decode and reference conditioning.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae_name": (model_choices("vae"), {
+                "tooltip": "VAE checkpoint in models/vae (e.g. OpenSora-VAE-v1.2's model.safetensors), or a "
+                           "diffusers-style folder in models/opensora."}),
+            "dtype": (DTYPE_CHOICES, {
+                "default": "auto",
+                "tooltip": "Precision. auto: bf16 on GPUs that support it (as Open-Sora decodes), fp32 on CPU."}),
+        }}
+
+    def load(self, vae_name, dtype):
+        path = resolve_model_path("OpenSoraVAELoader", "vae_name", "vae", vae_name)
+        return (_load("OpenSoraVAELoader", "vae_name", pipeline.load_vae, path, dtype),)
+
+
+class OpenSoraTextEncoderLoader:
+    DESCRIPTION = ("Loads the T5 v1.1 XXL text encoder from ComfyUI's single file (t5xxl_fp16.safetensors, fp8 "
+                   "variants too) or a Hugging Face folder, with its tokenizer from a local folder.")
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = ("OPENSORA_TEXT_ENCODER",)
+    RETURN_NAMES = ("text_encoder",)
+    OUTPUT_TOOLTIPS = ("The text encoder, for OpenSora Text Encode.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "text_encoder_name": (model_choices("text_encoders"), {
+                "tooltip": "T5 encoder in models/text_encoders (t5xxl_fp16.safetensors) or an HF T5 folder in "
+                           "models/opensora."}),
+            "tokenizer": (["auto"] + comfy_adapter.list_models(comfy_adapter.PACK_FOLDER, dirs=True,
+                                                               markers=comfy_adapter.TOKENIZER_DIR_MARKERS), {
+                "default": "auto",
+                "tooltip": "Tokenizer folder. auto: beside the encoder (same folder, '<name>_tokenizer', "
+                           "'tokenizer'), models/opensora/t5_tokenizer, then the one ComfyUI ships."}),
+            "dtype": (DTYPE_CHOICES, {
+                "default": "auto",
+                "tooltip": "Precision. Open-Sora 1.x ran T5 in fp32; auto uses fp32 on CPU and bf16 on GPU."}),
+            "device": (["auto", "cpu"], {
+                "default": "auto",
+                "tooltip": "cpu keeps the 4.7B-parameter encoder in system RAM (slow but frees the GPU)."}),
+        }}
+
+    def load(self, text_encoder_name, tokenizer, dtype, device):
+        path = resolve_model_path("OpenSoraTextEncoderLoader", "text_encoder_name", "text_encoders",
+                                  text_encoder_name)
+        tok = None if tokenizer == "auto" else (comfy_adapter.model_path(comfy_adapter.PACK_FOLDER, tokenizer)
+                                                or tokenizer)
+        return (_load("OpenSoraTextEncoderLoader", "text_encoder_name", pipeline.load_text_encoder, path, tok,
+                      dtype, device),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "OpenSoraModelLoader": OpenSoraModelLoader,
+    "OpenSoraVAELoader": OpenSoraVAELoader,
+    "OpenSoraTextEncoderLoader": OpenSoraTextEncoderLoader,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "OpenSoraModelLoader": "OpenSora Model Loader",
+    "OpenSoraVAELoader": "OpenSora VAE Loader",
+    "OpenSoraTextEncoderLoader": "OpenSora Text Encoder Loader (T5)",
+}
