@@ -311,7 +311,12 @@ def format_report(result: dict) -> str:
         lines.append("error: the prompt failed validation")
     for node_id, entry in body.get("node_errors", {}).items():
         for err in entry["errors"]:
-            lines.append(f"  node {node_id} ({entry['class_type']}): {_fix(err)}")
+            text = _fix(err)
+            if err["type"] == "custom_validation_failed" and " - " in text:
+                text = text.split(" - ", 1)[1]  # the node's own message; the server repeats it per input
+            line = f"  node {node_id} ({entry['class_type']}): {text}"
+            if line not in lines:
+                lines.append(line)
     if error and error["type"] == "prompt_outputs_failed_validation" and not body.get("node_errors"):
         lines.append("  the graph has a dependency cycle or an invalid link upstream of every output: check the "
                      "links")

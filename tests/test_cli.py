@@ -1,0 +1,73 @@
+"""The command line: run / convert / validate / nodes, as a user calls them."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from comfyui_opensora import comfy_adapter, video_io
+from comfyui_opensora.harness.cli import main
+from conftest import REPO_ROOT, golden_root
+
+WORKFLOWS = os.path.join(REPO_ROOT, "workflows")
+
+
+@pytest.fixture
+def clip(tmp_path):
+    path = tmp_path / "in.mp4"
+    video_io.write_video(str(path), torch.rand(6, 32, 48, 3), 12.0)
+    yield str(path)
+    comfy_adapter._settings.update(output_dir=None, input_dir=None, models_dir=None)
+
+
+def test_run_prints_saved_files(clip, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    rc = main(["run", os.path.join(WORKFLOWS, "video_convert.json"), "--set", f"path={clip}", "--set", "2.crf=30",
+               "--output-dir", str(out_dir)])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0
+    assert printed == [str(out_dir / "OpenSora" / "converted_00001_.webm")]
+    meta = video_io.read_metadata(printed[0])
+    assert meta["prompt"]["2"]["inputs"]["crf"] == 30          # the prompt that ran, as ComfyUI embeds it
+    assert meta["workflow"]["nodes"][0]["type"] == "OpenSoraLoadVideo"  # and the UI workflow
+    assert video_io.read_video(printed[0]).frames.shape[0] == 6
+
+
+def test_bad_workflow_report(tmp_path, capsys):
+    rc = main(["run", os.path.join(WORKFLOWS, "video_convert.json"), "--set", "crf=99", "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "node 1 (OpenSoraLoadVideo): OpenSoraLoadVideo: input 'video': no file chosen. Fix: pick a video" in err
+    assert "node 2 (OpenSoraSaveVideo): 'crf' = 99 is above the maximum 63: set it to at most 63" in err
+    assert not os.listdir(tmp_path)
+
+
+def test_set_errors(capsys):
+    assert main(["run", os.path.join(WORKFLOWS, "video_convert.json"), "--set", "nope=1"]) == 2
+    assert "no node has an input 'nope'" in capsys.readouterr().err
+    assert main(["run", os.path.join(WORKFLOWS, "video_convert.json"), "--set", "9.crf=1"]) == 2
+    assert "no node with id or title '9'" in capsys.readouterr().err
+
+
+def test_convert_and_validate_with_object_info(tmp_path, capsys):
+    case = os.path.join(golden_root(), "comfy_frontend", "cases", "basic_txt2img")
+    info = os.path.join(golden_root(), "comfy_frontend", "object_info_0.3.64.json")
+    assert main(["convert", case + ".ui.json", "--object-info", info]) == 0
+    assert json.loads(capsys.readouterr().out) == json.load(open(case + ".api.0.3.64.json"))
+    bad = os.path.join(golden_root(), "comfy_frontend", "cases", "link_deleted_nodes_both.ui.json")
+    with pytest.raises(SystemExit, match="InvalidLinkError"):
+        main(["convert", bad, "--object-info", info])
+    vdir = os.path.join(golden_root(), "comfy_frontend", "validation")
+    assert main(["validate", os.path.join(vdir, "ok_baseline.prompt.json"), "--object-info", info]) == 0
+    assert main(["validate", os.path.join(vdir, "int_below_min.prompt.json"), "--object-info", info]) == 1
+    assert "node 1 (EmptyImage): 'width' = 0 is below the minimum 1" in capsys.readouterr().out
+
+
+def test_module_entry_point_and_nodes_reference():
+    out = subprocess.run([sys.executable, "-m", "comfyui_opensora", "nodes"], capture_output=True, text=True,
+                         cwd=REPO_ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "OpenSora Save Video (`OpenSoraSaveVideo`)" in out.stdout
+    assert "`filename_prefix` STRING" in out.stdout
