@@ -27,6 +27,7 @@ FORMATS = {
 }
 PIXEL_FORMATS = ["yuv420p", "yuv444p", "yuv420p10le"]
 VIDEO_EXTENSIONS = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".webp", ".m4v"}
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp"}  # single images load as one-frame videos (references)
 
 
 class VideoIOError(ValueError):
@@ -223,7 +224,7 @@ def _iter_frames(path):
         fps = float(meta.get("fps", 24.0)) if isinstance(meta.get("fps"), (int, float, str)) else 24.0
         return fps, (np.asarray(Image.open(os.path.join(path, f)).convert("RGB")) for f in files)
     ext = os.path.splitext(path)[1].lower()
-    if ext in (".gif", ".webp"):
+    if ext in (".gif", ".webp") or ext in IMAGE_EXTENSIONS:
         from PIL import Image, ImageSequence
 
         img = Image.open(path)

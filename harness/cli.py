@@ -243,6 +243,14 @@ def node_reference(pack) -> str:
     return "\n".join(lines)
 
 
+def cmd_tiny_models(args) -> int:
+    from ..models.tiny import write_tiny_models
+
+    for kind, path in write_tiny_models(args.models_dir).items():
+        print(f"{kind}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m comfyui_opensora",
                                 description="Run ComfyUI-OpenSora workflows headless, exactly as ComfyUI would.")
@@ -271,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("workflow")
     v.add_argument("--object-info")
     v.set_defaults(fn=cmd_validate)
+    t = sub.add_parser("tiny-models", help="write tiny random-weight checkpoints (real layouts) for trying workflows")
+    t.add_argument("--models-dir", default="models")
+    t.set_defaults(fn=cmd_tiny_models)
     return p
 
 

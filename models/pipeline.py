@@ -12,7 +12,6 @@ The family is read off the checkpoint, never the file name.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -25,9 +24,9 @@ from .text_encoders import T5_MAX_LENGTH, TextEncoderError, clean_caption, load_
 TEXT_FAMILIES = ["opensora-v1.2"]
 SCHEDULERS = ["rflow"]
 RESOLUTIONS = ["144p", "240p", "360p", "480p", "720p", "1080p", "custom"]
-# Width:height, as users read aspect ratios (Open-Sora 1.x keys its tables height:width; mapped below).
+# Width:height, as users read aspect ratios; Open-Sora 1.2 keys its tables height:width (see bucket_size).
 ASPECT_RATIOS = ["16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "2:1", "1:2", "17:9", "9:17", "21:9", "8:3",
-                 "50:27", "27:50", "25:12", "8:5", "5:8"]
+                 "25:12", "50:27", "27:50", "8:5"]
 
 MODEL_FAMILIES = {"stdit3": "opensora-v1.2"}
 VAE_FAMILIES = {"opensora_vae_v1_2": "opensora-v1.2"}
@@ -189,9 +188,7 @@ def empty_latent(vae: VideoVAE, resolution: str, aspect_ratio: str, width: int, 
     if problem:
         raise InputError("num_frames", problem[0], problem[1])
     shape = (batch_size, vae.latent_channels, vae.latent_frames(num_frames), height // ratio, width // ratio)
-    return {"samples": torch.zeros(shape),
-            "opensora": {"family": vae.family, "num_frames": num_frames, "height": height, "width": width,
-                         "conditions": []}}
+    return {"samples": torch.zeros(shape), "opensora": _new_info(vae, num_frames, height, width)}
 
 
 def _latent_info(latent: dict, input_name: str = "latent") -> dict:
@@ -277,33 +274,43 @@ def sample(model: DiffusionModel, positive: dict, latent: dict, seed: int, steps
     if scheduler not in SCHEDULERS:
         raise InputError("scheduler", f"'{scheduler}' is not a scheduler of {model.family}",
                          f"choose one of {SCHEDULERS}")
+    net = model.net
+    if positive["y"].shape[2] != net.null_caption.shape[0]:
+        raise InputError("positive", f"the prompt has {positive['y'].shape[2]} tokens but the model's null "
+                         f"caption has {net.null_caption.shape[0]}", "encode the prompt for this model's family")
     x0 = latent["samples"].float()
     b = x0.shape[0]
-    z = noise_mod.seeded_noise(seed, x0.shape)
-    # Every batch row gets the same prompt: tile y and its mask to the batch.
-    y = positive["y"].repeat(b, 1, 1, 1)
+    gen = noise_mod.generator(seed)
+    z = noise_mod.seeded_noise(seed, x0.shape, gen)
+    y = positive["y"].repeat(b, 1, 1, 1)  # every batch row gets the prompt
     y_mask = positive["mask"].repeat(b, 1)
 
     mask = None
     if info.get("conditions"):
-        z, mask = mask_strategy.apply_conditions(z, info["conditions"])
+        z, mask = mask_strategy.apply_conditions(z, info["conditions"], align=info.get("align"))
     if denoise < 1.0:
-        if mask is None:
-            mask = torch.ones(z.shape[0], z.shape[2])
-        # Video-to-video: every frame starts from the input latent and is re-noised at t = denoise * 1000,
-        # exactly how an edit ratio works in the mask strategy.
-        keep = mask >= 1
-        z = torch.where(keep[:, None, :, None, None], x0, z)
-        mask = torch.where(keep, torch.full_like(mask, denoise), mask)
+        # Video-to-video: frames start from the input latent and are re-noised at t = denoise*1000, exactly
+        # how an edit ratio works in the mask strategy (conditioned frames keep their own mask value).
+        mask = torch.ones(b, z.shape[2]) if mask is None else mask
+        free = mask >= 1
+        z = torch.where(free[:, None, :, None, None], x0, z)
+        mask = torch.where(free, torch.full_like(mask, denoise), mask)
 
-    net = model.net.to(model.device)
+    device, dtype = model.device, model.dtype
+    timesteps = rflow.get_timesteps(steps, b, info["height"], info["width"], info["num_frames"], device=device)
+    kwargs = {"height": torch.full((b,), float(info["height"]), device=device),
+              "width": torch.full((b,), float(info["width"]), device=device),
+              "fps": torch.full((b,), float(fps if info["num_frames"] > 1 else buckets.IMAGE_FPS), device=device)}
+    net.to(device)
     try:
-        out = rflow.sample(net, z, y, y_mask, steps=steps, cfg_scale=cfg, mask=mask,
-                           height=info["height"], width=info["width"], num_frames=info["num_frames"], fps=fps,
-                           dtype=model.dtype, device=model.device, generator_seed=seed)
+        y_null = net.null_caption[None].repeat(b, 1, 1)[:, None].to(device)
+        out = rflow.sample(net, z.to(device), y.to(device), y_mask.to(device), y_null, timesteps, cfg,
+                           None if mask is None else mask.to(device), kwargs,
+                           noise_fn=lambda shape: noise_mod.seeded_noise(seed, shape, gen, device=device))
     finally:
-        if model.offload_device != model.device:
+        if model.offload_device != device:
             net.to(model.offload_device)
+            comfy_adapter.soft_empty_cache()
     result = dict(latent)
     result["samples"] = out.float().cpu()
     result["opensora"] = {**info, "conditions": []}
@@ -322,9 +329,10 @@ def decode(vae: VideoVAE, latent: dict, temporal_chunk: int = 0, temporal_overla
     net = vae.net.to(vae.device)
     try:
         z = latent["samples"].to(vae.device, vae.dtype)
+        bar = comfy_adapter.Progress(-(-z.shape[2] // net.micro_z_frame_size), desc="decoding")
         video = vae_v1_2.decode_tiled(net, z, info["num_frames"], temporal_chunk=temporal_chunk,
                                       temporal_overlap=temporal_overlap, spatial_tile=spatial_tile,
-                                      spatial_overlap=spatial_overlap)
+                                      spatial_overlap=spatial_overlap, progress=bar.update_absolute)
     finally:
         if vae.offload_device != vae.device:
             net.to(vae.offload_device)
@@ -343,10 +351,12 @@ def encode(vae: VideoVAE, video: torch.Tensor) -> dict:
     finally:
         if vae.offload_device != vae.device:
             net.to(vae.offload_device)
-    return {"samples": z.float().cpu(),
-            "opensora": {"family": vae.family, "num_frames": t, "height": h, "width": w, "conditions": []}}
+    return {"samples": z.float().cpu(), "opensora": _new_info(vae, t, h, w)}
 
 
-__all__ = ["DiffusionModel", "VideoVAE", "ModelLoadError", "InputError", "load_diffusion_model", "load_vae",
-           "load_text_encoder", "encode_text", "empty_latent", "add_reference", "add_mask_strategy", "sample",
-           "decode", "encode", "math"]
+def _new_info(vae: VideoVAE, num_frames: int, height: int, width: int) -> dict:
+    # align: reference starts snap to the temporal VAE's latent chunk, as Open-Sora 1.2's inference (align=5)
+    return {"family": vae.family, "num_frames": num_frames, "height": height, "width": width,
+            "align": vae.net.micro_z_frame_size, "conditions": []}
+
+

@@ -53,7 +53,9 @@ def sample(model, z: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor, y_null
     """
     model_kwargs = dict(model_kwargs or {})
     noise_fn = noise_fn or (lambda shape: torch.randn(shape))
-    y_in = torch.cat([y, y_null], 0)
+    guided = cfg_scale != 1.0  # at cfg 1 the unconditional pass cannot change the result: skip it
+    y_in = torch.cat([y, y_null], 0) if guided else y
+    double = (lambda a: torch.cat([a, a], 0)) if guided else (lambda a: a)
     noise_added = (mask == 1) if mask is not None else None
     bar = comfy_adapter.Progress(len(timesteps), desc="sampling")
     for i, t in enumerate(timesteps):
@@ -62,13 +64,16 @@ def sample(model, z: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor, y_null
             x0 = z.clone()
             x_noise = add_noise(x0, noise_fn(x0.shape).to(x0), t)
             mask_t_upper = mask * NUM_TIMESTEPS >= t[:, None]
-            x_mask = mask_t_upper.repeat(2, 1)
+            x_mask = double(mask_t_upper)
             start_now = mask_t_upper & ~noise_added  # frames whose edit begins at this step get noise once
             z = torch.where(start_now[:, None, :, None, None], x_noise, x0)
             noise_added = mask_t_upper
-        pred = model(torch.cat([z, z], 0), torch.cat([t, t], 0), y_in, mask=y_mask, x_mask=x_mask, **model_kwargs)
-        v_cond, v_uncond = pred[:, : z.shape[1]].chunk(2, dim=0)  # learned-sigma channels are dropped
-        v = v_uncond + cfg_scale * (v_cond - v_uncond)
+        pred = model(double(z), double(t), y_in, mask=y_mask, x_mask=x_mask, **model_kwargs)[:, : z.shape[1]]
+        if guided:  # (the learned-sigma channels beyond z's are dropped above)
+            v_cond, v_uncond = pred.chunk(2, dim=0)
+            v = v_uncond + cfg_scale * (v_cond - v_uncond)
+        else:
+            v = pred
         dt = (t - timesteps[i + 1] if i + 1 < len(timesteps) else t) / NUM_TIMESTEPS
         x0_pred = z + v * (t / NUM_TIMESTEPS)[:, None, None, None, None]  # z_t = (1-s) x0 + s noise, v = x0 - noise
         z = z + v * dt[:, None, None, None, None]

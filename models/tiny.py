@@ -58,3 +58,46 @@ def write_tiny_t5(path: str, d_model: int = 32, num_layers: int = 2, num_heads: 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     save_file(sd, path)
     return path
+
+
+def write_tiny_stdit3(path: str, seed: int = 0, **overrides) -> str:
+    """A tiny STDiT3 (hidden 64, depth 2) with the released key layout and a 300-token null caption, so it
+    takes the v1.2 text conditioning of write_tiny_t5 (d_model 32)."""
+    from .opensora.stdit3 import STDiT3
+
+    torch.manual_seed(seed)
+    cfg = dict(hidden_size=64, depth=2, num_heads=4, caption_channels=32, model_max_length=300)
+    cfg.update(overrides)
+    model = STDiT3(**cfg)
+    _save(model, path)
+    return path
+
+
+def write_tiny_vae_v1_2(path: str, seed: int = 0) -> str:
+    """A tiny Open-Sora VAE v1.2 (2D VAE widths 8-16, temporal filters 8) in the released key layout."""
+    from .opensora.vae_v1_2 import OpenSoraVAEv12
+
+    torch.manual_seed(seed)
+    model = OpenSoraVAEv12(spatial=dict(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4),
+                           temporal=dict(filters=8, num_res=1, groups=4))
+    _save(model, path)
+    return path
+
+
+def _save(model, path):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, path)
+
+
+TINY_FILES = {"model": "diffusion_models/opensora_v1.2_tiny.safetensors",
+              "vae": "vae/opensora_vae_v1.2_tiny.safetensors",
+              "text_encoder": "text_encoders/t5_tiny.safetensors"}
+
+
+def write_tiny_models(models_dir: str) -> dict:
+    """Every tiny checkpoint under a models folder, as a user would lay out real ones. Returns the paths."""
+    paths = {k: os.path.join(models_dir, v) for k, v in TINY_FILES.items()}
+    write_tiny_stdit3(paths["model"])
+    write_tiny_vae_v1_2(paths["vae"])
+    write_tiny_t5(paths["text_encoder"])
+    return paths

@@ -90,7 +90,8 @@ def _input_videos() -> list[str]:
     if not os.path.isdir(root):
         return []
     return sorted(f for f in os.listdir(root)
-                  if os.path.splitext(f)[1].lower() in video_io.VIDEO_EXTENSIONS and os.path.isfile(os.path.join(root, f)))
+                  if os.path.splitext(f)[1].lower() in video_io.VIDEO_EXTENSIONS | video_io.IMAGE_EXTENSIONS
+                  and os.path.isfile(os.path.join(root, f)))
 
 
 def _resolve(video: str, path: str) -> str:
@@ -100,7 +101,8 @@ def _resolve(video: str, path: str) -> str:
 
 
 class OpenSoraLoadVideo:
-    DESCRIPTION = ("Loads a video (mp4, webm, mkv, mov, gif, webp, or a folder of PNG frames) as IMAGE frames, "
+    DESCRIPTION = ("Loads a video (mp4, webm, mkv, mov, gif, webp, or a folder of PNG frames) or a single image "
+                   "(png, jpg: one frame, e.g. an image-to-video reference) as IMAGE frames, "
                    "decoding as it goes so memory holds only the frames kept.")
     CATEGORY = f"{CATEGORY}/video"
     RETURN_TYPES = ("IMAGE", "FLOAT", "INT")

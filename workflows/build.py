@@ -39,7 +39,119 @@ def video_convert(defs, Builder):
     return b
 
 
-WORKFLOWS = {"video_convert": video_convert}
+MODEL = "OpenSora-STDiT-v3.safetensors"
+VAE = "OpenSora-VAE-v1.2.safetensors"
+T5 = "t5xxl_fp16.safetensors"
+PROMPT = "a red panda eating bamboo in a misty forest, close-up, soft morning light"
+
+
+def _t2v_core(b, col=0, prompt=PROMPT, seed=42, num_frames=51):
+    """Loaders, prompt, empty latent: returns (model, vae, cond, latent) node ids."""
+    model = b.add("OpenSoraModelLoader", col, model_name=MODEL, dtype="auto")
+    vae = b.add("OpenSoraVAELoader", col, vae_name=VAE, dtype="auto")
+    te = b.add("OpenSoraTextEncoderLoader", col, text_encoder_name=T5, tokenizer="auto", dtype="auto", device="auto")
+    enc = b.add("OpenSoraTextEncode", col + 1, prompt=prompt, family="opensora-v1.2", aesthetic_score=6.5)
+    b.connect(te, 0, enc, "text_encoder")
+    latent = b.add("OpenSoraEmptyLatent", col + 1, resolution="240p", aspect_ratio="16:9", num_frames=num_frames)
+    b.connect(vae, 0, latent, "vae")
+    return model, vae, enc, latent
+
+
+def _sample_decode(b, model, vae, cond, latent, col, seed=42, denoise=1.0):
+    s = b.add("OpenSoraSampler", col, seed=seed, steps=30, cfg=7.0, denoise=denoise, fps=24)
+    b.connect(model, 0, s, "model")
+    b.connect(cond, 0, s, "positive")
+    b.connect(latent, 0, s, "latent")
+    d = b.add("OpenSoraVAEDecode", col)
+    b.connect(vae, 0, d, "vae")
+    b.connect(s, 0, d, "latent")
+    return d
+
+
+def _save(b, images, col, prefix):
+    out = b.add("OpenSoraSaveVideo", col, fps=24.0, filename_prefix=prefix, format="mp4 (h264)")
+    b.connect(images, 0, out, "images")
+    return out
+
+
+def opensora_v1_2_t2v(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _t2v_core(b)
+    _save(b, _sample_decode(b, model, vae, cond, latent, 2), 3, "OpenSora/t2v")
+    b.note("Open-Sora 1.2 text-to-video. Files: the STDiT3 checkpoint in models/diffusion_models, the v1.2 VAE "
+           "in models/vae, T5-XXL in models/text_encoders (see the README).", 0)
+    return b
+
+
+def opensora_v1_2_i2v(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _t2v_core(b, prompt="the waves roll onto the beach at sunset")
+    image = b.add("OpenSoraLoadVideo", 1, video="none", path="")
+    ref = b.add("OpenSoraReferenceCondition", 2, reference_start=0, target_start=0, length=1, edit_ratio=0.0)
+    b.connect(latent, 0, ref, "latent")
+    b.connect(vae, 0, ref, "vae")
+    b.connect(image, 0, ref, "reference")
+    _save(b, _sample_decode(b, model, vae, cond, ref, 3), 4, "OpenSora/i2v")
+    b.note("Image-to-video: the image becomes the first latent frame (mask_strategy '0'). Set target_start to -1 "
+           "to end on the image instead.", 1)
+    return b
+
+
+def opensora_v1_2_extend(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _t2v_core(b, prompt="the camera keeps flying over the snowy mountains")
+    prev = b.add("OpenSoraLoadVideo", 1, video="none", path="")
+    ext = b.add("OpenSoraExtendVideo", 2, condition_frame_length=5, condition_frame_edit=0.0)
+    b.connect(latent, 0, ext, "latent")
+    b.connect(vae, 0, ext, "vae")
+    b.connect(prev, 0, ext, "previous_video")
+    new = _sample_decode(b, model, vae, cond, ext, 3)
+    join = b.add("OpenSoraJoinClips", 4, overlap_frames=17)
+    b.connect(prev, 0, join, "previous_video")
+    b.connect(new, 0, join, "next_video")
+    _save(b, join, 4, "OpenSora/extended")
+    b.note("Extends a video: its last 5 latent frames (17 frames) start the new clip; Join Clips drops the "
+           "repeated frames.", 1)
+    return b
+
+
+def opensora_v1_2_long_video(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _t2v_core(b, prompt="a timelapse of clouds over a city skyline")
+    clip = _sample_decode(b, model, vae, cond, latent, 2, seed=1)
+    for i, seed in enumerate((2, 3)):
+        ext = b.add("OpenSoraExtendVideo", 3 + 2 * i, condition_frame_length=5, condition_frame_edit=0.0)
+        b.connect(latent, 0, ext, "latent")
+        b.connect(vae, 0, ext, "vae")
+        b.connect(clip, 0, ext, "previous_video")
+        new = _sample_decode(b, model, vae, cond, ext, 3 + 2 * i, seed=seed)
+        join = b.add("OpenSoraJoinClips", 4 + 2 * i, overlap_frames=17)
+        b.connect(clip, 0, join, "previous_video")
+        b.connect(new, 0, join, "next_video")
+        clip = join
+    _save(b, clip, 8, "OpenSora/long")
+    b.note("A long video in three loops, as Open-Sora's `loop` option: each clip is conditioned on the last 5 "
+           "latent frames of the video so far (condition_frame_length).", 0)
+    return b
+
+
+def opensora_v1_2_v2v_edit(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _t2v_core(b, prompt="the same street, covered in snow")
+    src = b.add("OpenSoraLoadVideo", 1, video="none", path="", frame_cap=51)
+    ms = b.add("OpenSoraMaskStrategy", 2, mask_strategy="0,0,0,0,100,0.6", loop_index=0)
+    b.connect(latent, 0, ms, "latent")
+    b.connect(vae, 0, ms, "vae")
+    b.connect(src, 0, ms, "reference_1")
+    _save(b, _sample_decode(b, model, vae, cond, ms, 3), 4, "OpenSora/edit")
+    b.note("Video-to-video editing: the source video is the reference for every latent frame with edit ratio "
+           "0.6 (lower keeps more of the source).", 1)
+    return b
+
+
+WORKFLOWS = {"video_convert": video_convert, "opensora_v1.2_t2v": opensora_v1_2_t2v,
+             "opensora_v1.2_i2v": opensora_v1_2_i2v, "opensora_v1.2_extend": opensora_v1_2_extend,
+             "opensora_v1.2_long_video": opensora_v1_2_long_video, "opensora_v1.2_v2v_edit": opensora_v1_2_v2v_edit}
 
 
 def main():

@@ -149,7 +149,7 @@ class OpenSoraVAEv12(nn.Module):
         self.micro_frame_size, self.micro_batch_size = micro_frame_size, micro_batch_size
         self.micro_z_frame_size = self.latent_frames(micro_frame_size)
         self.spatial_ratio = self.spatial_vae.module.spatial_ratio
-        self.latent_channels = temporal["latent"]
+        self.latent_channels = self.temporal_vae.post_quant_conv.conv.weight.shape[0]
 
     def latent_frames(self, num_frames: int) -> int:
         """5 per 17-frame chunk, plus ceil(rest / 4): 51 -> 15, 1 -> 1, 100 -> 29."""
