@@ -5,7 +5,7 @@ import importlib.util
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -15,7 +15,12 @@ class Pack:
     module: object
     classes: dict                     # class_type -> node class
     display_names: dict
-    object_info: dict = field(default_factory=dict)   # class_type -> /object_info entry
+
+    @property
+    def object_info(self) -> dict:
+        """class_type -> /object_info entry, rebuilt on every call as ComfyUI does (model lists change)."""
+        return {name: node_info(name, cls, self.display_names.get(name), self.module.__name__)
+                for name, cls in self.classes.items()}
 
 
 _loaded: dict[str, Pack] = {}
@@ -39,8 +44,7 @@ def load_pack(path: str = PACK_ROOT) -> Pack:
         spec.loader.exec_module(module)
     classes = dict(module.NODE_CLASS_MAPPINGS)
     display = dict(getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", {}))
-    info = {name: node_info(name, cls, display.get(name), module.__name__) for name, cls in classes.items()}
-    pack = Pack(module, classes, display, info)
+    pack = Pack(module, classes, display)
     _loaded[path] = pack
     return pack
 

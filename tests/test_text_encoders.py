@@ -23,6 +23,7 @@ def test_single_file_matches_transformers_folder(tiny_t5, tmp_path):
     config = T5Config(**te.t5_config_from_state_dict(sd))
     ref = T5EncoderModel(config)
     ref.load_state_dict({**sd, "encoder.embed_tokens.weight": sd["shared.weight"]})
+    ref.eval()
     ref.save_pretrained(tmp_path / "hf")
     tok_dir = os.path.splitext(tiny_t5)[0] + "_tokenizer"
 
