@@ -61,6 +61,10 @@ def detect_family(sd: dict) -> str:
         return "cogvideox"
     if prefix("spatial_vae.") and prefix("temporal_vae."):
         return "opensora_vae_v1_2"
+    if prefix("encoder.project_in.") and prefix("encoder.stages."):
+        return "dc_ae"
+    if prefix("encoder.down.") and prefix("decoder.up.") and prefix("encoder.conv_in.conv"):
+        return "opensora_vae_v1_3"
     if prefix("encoder.down_blocks.") and prefix("decoder.up_blocks.") and prefix("encoder.conv_in.conv"):
         return "cogvideox_vae" if any(".conv_cache" in k or "norm_layer" in k or ".conv_y" in k for k in keys) \
             else "hunyuan_vae"

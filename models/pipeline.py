@@ -180,7 +180,9 @@ def empty_latent(vae: VideoVAE, resolution: str, aspect_ratio: str, width: int, 
                              f"choose one of {ASPECT_RATIOS}")
         height, width = bucket_size(resolution, aspect_ratio)
     ratio = vae.spatial_ratio
-    if height % ratio or width % ratio:
+    # Presets follow the original: 240x426 gives 53 latent columns and decodes to 424 px, while the model is
+    # still told 426 (position-embedding scale, timestep transform). Custom sizes must be exact.
+    if resolution == "custom" and (height % ratio or width % ratio):
         name = "height" if height % ratio else "width"
         raise InputError(name, f"{height if name == 'height' else width} is not divisible by {ratio} (the VAE's "
                          f"spatial compression)", f"use a multiple of {ratio}")
@@ -223,6 +225,23 @@ def add_reference(latent: dict, vae: VideoVAE, video: torch.Tensor, reference_st
                   length: int, edit_ratio: float, loop_index: int = 0) -> dict:
     info = _latent_info(latent)
     ref = encode_reference(vae, video, info["height"], info["width"])
+    video_frames = latent["samples"].shape[2]
+    ref_frames = ref.shape[1]
+    ts = target_start + video_frames if target_start < 0 else target_start
+    rs = reference_start + ref_frames if reference_start < 0 else reference_start
+    if not 0 <= ts < video_frames:
+        raise InputError("target_start", f"{target_start} is outside the video's {video_frames} latent frames",
+                         f"use 0..{video_frames - 1} (or -1..-{video_frames} from the end)")
+    if not 0 <= rs < ref_frames:
+        raise InputError("reference_start", f"{reference_start} is outside the reference's {ref_frames} latent "
+                         f"frames", f"use 0..{ref_frames - 1} (or negative values from the end)")
+    if length > video_frames - ts:
+        raise InputError("length", f"the reference is longer than the video: {length} latent frames from frame "
+                         f"{ts} do not fit in {video_frames}", f"set length to at most {video_frames - ts}, or "
+                         f"generate more frames")
+    if length > ref_frames - rs:
+        raise InputError("length", f"{length} latent frames from reference frame {rs} run past the reference's "
+                         f"{ref_frames}", f"set length to at most {ref_frames - rs}")
     entry = mask_strategy.MaskEntry(loop_id=loop_index, ref_id=0, ref_start=reference_start,
                                     target_start=target_start, length=length, edit_ratio=edit_ratio)
     return _with_conditions(latent, [(entry, ref)])

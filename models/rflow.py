@@ -21,6 +21,9 @@ def timestep_transform(t: torch.Tensor, height, width, num_frames, num_timesteps
     t = t / num_timesteps
     ratio_space = (height * width / (512 * 512)).sqrt()
     frames = torch.ones_like(num_frames) if num_frames[0] == 1 else num_frames // 17 * 5
+    # Videos shorter than 17 frames give ratio 0 in the original, and t = 1000 then becomes 0/0 = NaN:
+    # count them as one latent frame instead (the original never samples them).
+    frames = frames.clamp(min=1)
     ratio = ratio_space * frames.sqrt()
     return ratio * t / (1 + (ratio - 1) * t) * num_timesteps
 
