@@ -102,7 +102,7 @@ def load_diffusion_model(path: str, dtype_name: str = "auto") -> DiffusionModel:
                              f"(supported: Open-Sora 1.2 STDiT3)")
     device = devices.get_device()
     dtype = devices.resolve_dtype(dtype_name, device)
-    net = stdit3.load_stdit3(sd)
+    net = stdit3.load_stdit3(sd, model_max_length=T5_MAX_LENGTH["v1.2"])
     net.to(dtype=dtype).eval().requires_grad_(False)
     return DiffusionModel(MODEL_FAMILIES[kind], net, dtype, device, devices.offload_device())
 

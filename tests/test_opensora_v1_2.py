@@ -68,6 +68,16 @@ def test_loaders_refuse_other_kinds(models, tmp_path):
         loader.load(os.path.basename(models["model"]), "fp16")
 
 
+def test_pixart_initialised_null_caption_is_fitted(models, tmp_path):
+    sd = load_file(models["model"])
+    short = {**sd, "y_embedder.y_embedding": sd["y_embedder.y_embedding"][:120].clone()}
+    save_file(short, str(tmp_path / "pixart_init.safetensors"))
+    model = pipeline.load_diffusion_model(str(tmp_path / "pixart_init.safetensors"), "fp32").net
+    y = model.null_caption
+    assert y.shape == (300, 32)
+    assert torch.equal(y[:120], short["y_embedder.y_embedding"]) and torch.equal(y[200], y[119])
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned",))

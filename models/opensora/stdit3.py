@@ -242,8 +242,23 @@ def config_from_state_dict(sd: dict) -> dict:
                 mlp_ratio=sd["spatial_blocks.0.mlp.fc1.weight"].shape[0] / hidden)
 
 
-def load_stdit3(sd: dict) -> STDiT3:
-    """Build from the state dict's shapes and load it strictly (every key, both ways)."""
+def reparameter_null_caption(sd: dict, length: int) -> dict:
+    """Fit y_embedding to `length` tokens as the original's checkpoint loading does (ckpt_utils.reparameter):
+    repeat the last row, or truncate. PixArt-initialised files carry 120 rows; released v1.2 files 300."""
+    y = sd["y_embedding"] if "y_embedding" in sd else sd["y_embedder.y_embedding"]
+    if y.shape[0] < length:
+        y = torch.cat([y, y[-1:].repeat(length - y.shape[0], 1)])
+    sd = dict(sd)
+    sd["y_embedder.y_embedding"] = y[:length]
+    sd.pop("y_embedding", None)
+    return sd
+
+
+def load_stdit3(sd: dict, model_max_length: int | None = None) -> STDiT3:
+    """Build from the state dict's shapes and load it strictly (every key, both ways). With
+    model_max_length, the null caption is first fitted to that many tokens (PixArt-initialised files)."""
+    if model_max_length is not None:
+        sd = reparameter_null_caption(sd, model_max_length)
     with torch.device("meta"):
         model = STDiT3(**config_from_state_dict(sd))
     missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
