@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import time
 
 from .. import comfy_adapter
 from . import pack as pack_mod
-from .convert import ConversionError, load_prompt
+from .convert import ConversionError, apply_widget_controls, load_prompt
 from .execute import ExecutionInterrupted, Executor, NodeExecutionError
 from .validate import format_report, validate_prompt
 
@@ -175,6 +176,21 @@ def cmd_run(args) -> int:
             return 2
     pack = pack_mod.load_pack()
     defs, prompt, workflow, data = _load(args, pack)
+    executor = Executor(pack.classes)  # one session: unchanged nodes (loaded models) are reused across runs
+    for run in range(args.repeat):
+        if run > 0:
+            if workflow is None:
+                print("note: an API prompt has no seed controls; the repeat runs the same prompt", file=sys.stderr)
+            else:  # what pressing Run again does: advance every control_after_generate widget, convert again
+                apply_widget_controls(workflow, defs, FRONTEND_VERSION)
+                prompt, _ = load_prompt(workflow, defs, frontend_version=FRONTEND_VERSION)
+        rc = _run_once(args, pack, defs, copy.deepcopy(prompt), workflow, data, executor)
+        if rc:
+            return rc
+    return 0
+
+
+def _run_once(args, pack, defs, prompt, workflow, data, executor) -> int:
     errors = apply_sets(prompt, args.set or [], defs)
     if errors:
         print("\n".join(f"error: {e}" for e in errors), file=sys.stderr)
@@ -191,7 +207,6 @@ def cmd_run(args) -> int:
     elif isinstance(data, dict) and isinstance(data.get("extra_data"), dict):
         extra_data = data["extra_data"]
 
-    executor = Executor(pack.classes)
     previous = signal.signal(signal.SIGINT, lambda *_: comfy_adapter.request_cancel())
     start = time.time()
     try:
@@ -265,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output-dir", help="output folder (default $OPENSORA_OUTPUT_DIR or ./output)")
     r.add_argument("--input-dir", help="input folder for loader nodes (default ./input)")
     r.add_argument("--object-info", help="ComfyUI /object_info JSON for core nodes used by the workflow")
+    r.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="queue the workflow N times, advancing seed controls (randomize/increment) between runs "
+                        "as ComfyUI's Run button does; loaded models are reused")
     r.set_defaults(fn=cmd_run)
 
     n = sub.add_parser("nodes", help="print the node reference")

@@ -610,3 +610,94 @@ def load_prompt(data: dict, node_defs: dict, **kwargs) -> tuple[dict, dict | Non
         return data, None
     raise ConversionError("not a ComfyUI workflow: expected a UI workflow (with 'nodes'), an API prompt "
                           "({id: {class_type, inputs}}) or {'prompt': ...}")
+
+
+# --------------------------------------------------------------------------------------------
+# Queueing again: control_after_generate (R16)
+# --------------------------------------------------------------------------------------------
+JS_SAFE_MAX = 1125899906842624  # 2**50: the frontend caps random and clamped values here
+
+
+def _control_value(value, mode, spec_kind, opts, choices, filter_text, rng):
+    """The next value of one widget under its control mode, as the frontend's value control does."""
+    if spec_kind == "COMBO":
+        options = list(choices or [])
+        if filter_text:
+            try:
+                rx = re.compile(filter_text.strip("/"), re.IGNORECASE) if filter_text.startswith("/") else None
+            except re.error:
+                rx = None
+            options = [o for o in options if (rx.search(str(o)) if rx else filter_text.lower() in str(o).lower())] \
+                or options
+        if not options or mode == "fixed":
+            return value
+        i = options.index(value) if value in options else -1
+        if mode == "increment":
+            return options[min(i + 1, len(options) - 1)]
+        if mode == "increment-wrap":
+            return options[(i + 1) % len(options)]
+        if mode == "decrement":
+            return options[max(i - 1, 0)]
+        if mode == "randomize":
+            return options[int(rng.random() * len(options))]
+        return value
+    step = opts.get("step", 1) or 1
+    lo = max(-JS_SAFE_MAX, opts.get("min", 0))
+    hi = min(JS_SAFE_MAX, opts.get("max", 2048))
+    if mode == "increment":
+        value = value + step
+    elif mode == "decrement":
+        value = value - step
+    elif mode == "randomize":
+        value = int(rng.random() * ((hi - lo) / step)) * step + lo
+    value = min(max(value, lo), hi)
+    return int(value) if spec_kind == "INT" and float(value).is_integer() else value
+
+
+def apply_widget_controls(workflow: dict, node_defs: dict, frontend_version: str = "1.27.10", rng=None) -> dict:
+    """Advance every control_after_generate widget once, in place, as app.queuePrompt does after a run
+    ("after" mode; "before" mode is the same call made before every queue except the first after a load).
+    Returns the workflow. A PrimitiveNode's control changes its own value, which its targets then take."""
+    rng = rng or random.Random()
+    graphs = [workflow] + list((workflow.get("definitions") or {}).get("subgraphs", []))
+    for g in graphs:
+        for node in g.get("nodes", []):
+            vals = node.get("widgets_values")
+            if not isinstance(vals, list):
+                continue
+            if node.get("type") == "PrimitiveNode":
+                _control_primitive(g, node, node_defs, frontend_version, rng)
+                continue
+            node_def = node_defs.get(node.get("type"))
+            if node_def is None:
+                continue
+            widgets = frontend_widgets(node_def, frontend_version)
+            for i, w in enumerate(widgets):
+                if not w.get("control") or i == 0 or i >= len(vals):
+                    continue
+                target = widgets[i - 1]
+                filt = vals[i + 1] if i + 1 < len(widgets) and widgets[i + 1]["name"] == "control_filter_list" \
+                    and i + 1 < len(vals) else ""
+                vals[i - 1] = _control_value(vals[i - 1], vals[i], target["type"], target["options"],
+                                             target.get("choices"), filt, rng)
+    return workflow
+
+
+def _control_primitive(g, node, node_defs, frontend_version, rng):
+    """A PrimitiveNode takes the type and options of the widget it feeds; widgets_values [value, mode, filter?]."""
+    vals = node["widgets_values"]
+    if len(vals) < 2:
+        return
+    links = {(_link(e).id): _link(e) for e in g.get("links", []) if e is not None}
+    for lid in ((node.get("outputs") or [{}])[0].get("links") or []):
+        link = links.get(lid)
+        target = next((n for n in g.get("nodes", []) if link and n["id"] == link.target_id), None)
+        inp = next((i for i in (target or {}).get("inputs") or [] if i.get("link") == lid), None)
+        if not inp or not inp.get("widget") or target["type"] not in node_defs:
+            continue
+        spec = next((w for w in frontend_widgets(node_defs[target["type"]], frontend_version)
+                     if w["name"] == inp["widget"]["name"]), None)
+        if spec is not None:
+            vals[0] = _control_value(vals[0], vals[1], spec["type"], spec["options"], spec.get("choices"),
+                                     vals[2] if len(vals) > 2 else "", rng)
+        return

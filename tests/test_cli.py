@@ -71,3 +71,26 @@ def test_module_entry_point_and_nodes_reference():
     assert out.returncode == 0, out.stderr
     assert "OpenSora Save Video (`OpenSoraSaveVideo`)" in out.stdout
     assert "`filename_prefix` STRING" in out.stdout
+
+
+def test_repeat_advances_seed_controls(tmp_path, capsys):
+    """--repeat queues again like the Run button: an 'increment' seed gives a new seed per run, and the
+    loaders run once (the executor cache is kept for the session)."""
+    from comfyui_opensora.models.tiny import write_tiny_models
+
+    models = tmp_path / "models"
+    write_tiny_models(str(models))
+    wf = json.load(open(os.path.join(WORKFLOWS, "opensora_v1.2_t2v.json")))
+    for node in wf["nodes"]:
+        if node["type"] == "OpenSoraSampler":
+            node["widgets_values"][0:2] = [5, "increment"]
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(wf))
+    rc = main(["run", str(path), "--repeat", "2", "--models-dir", str(models), "--output-dir", str(tmp_path / "o"),
+               "--set", "model_name=opensora_v1.2_tiny.safetensors", "--set", "vae_name=opensora_vae_v1.2_tiny.safetensors",
+               "--set", "text_encoder_name=t5_tiny.safetensors", "--set", "resolution=custom", "--set", "width=32",
+               "--set", "height=32", "--set", "num_frames=17", "--set", "steps=1"])
+    files = capsys.readouterr().out.split()
+    assert rc == 0 and len(files) == 2
+    seeds = [video_io.read_metadata(f)["prompt"]["6"]["inputs"]["seed"] for f in files]
+    assert seeds == [5, 6]

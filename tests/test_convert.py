@@ -111,3 +111,47 @@ def test_load_prompt_forms():
     ui = {"nodes": [{"id": 3, "type": "NoSuchNode", "mode": 0, "widgets_values": []}], "links": [], "version": 0.4}
     with pytest.raises(ConversionError, match="NoSuchNode.*--object-info"):
         load_prompt(ui, info)
+
+
+QUEUES = sorted(glob.glob(os.path.join(CDIR, "*.queue.*.json")))
+
+
+@pytest.mark.parametrize("path", QUEUES, ids=os.path.basename)
+def test_queue_controls(path):
+    """Queueing twice in 'after' and 'before' modes: sent prompts and widget values as recorded; randomised
+    values are checked for range only (they are random in the recording too)."""
+    from comfyui_opensora.harness.convert import apply_widget_controls
+
+    name, _, version = os.path.basename(path)[: -len(".json")].partition(".queue.")
+    info = defs(version)
+    steps = load(path)["steps"]
+    randomized = set()
+    workflow = None
+    mode, queued = "after", 0
+    for step in steps:
+        if step["step"].startswith("fresh load"):
+            workflow = load(os.path.join(CDIR, f"{name}.ui.json"))
+            mode, queued = ("before" if "before" in step["step"] else "after"), 0
+            randomized = {(w["id"], k) for w in step["widgets"] for k, v in w["widgets"].items() if v == "randomize"}
+            continue
+        if mode == "before" and queued > 0:
+            apply_widget_controls(workflow, info, FRONTENDS[version], rng=random.Random(queued))
+        sent = ui_to_api(workflow, info, FRONTENDS[version], rng=random.Random(0), now=RECORDED_ON)
+        if mode == "after":
+            apply_widget_controls(workflow, info, FRONTENDS[version], rng=random.Random(queued))
+        queued += 1
+        random_ids = {str(i) for i, _ in randomized}
+        for nid, node in step["sent_prompt"].items():
+            if nid not in random_ids or queued == 1:
+                assert sent[nid] == node, nid
+        for w in step["widgets_after"]:
+            node = next(n for n in workflow["nodes"] if n["id"] == w["id"])
+            names = [x["name"] for x in frontend_widgets(info[node["type"]], FRONTENDS[version])] \
+                if node["type"] in info else list(w["widgets"])
+            got = dict(zip(names, node["widgets_values"]))
+            for k, v in w["widgets"].items():
+                if (w["id"], "control_after_generate") in randomized and k in ("seed", "noise_seed", "value") \
+                        and got.get("control_after_generate") == "randomize":
+                    assert 0 <= got[k] <= 1125899906842624
+                else:
+                    assert got[k] == v, (w["id"], k)
