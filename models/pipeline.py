@@ -12,24 +12,28 @@ The family is read off the checkpoint, never the file name.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass, field
 
 import torch
 
 from .. import comfy_adapter
 from . import checkpoint, devices, mask_strategy, noise as noise_mod, rflow
+from .cogvideox import loading as cogvideox_loading, run as cogvideox_run
 from .opensora import buckets, stdit3, vae_v1_2
 from .text_encoders import T5_MAX_LENGTH, TextEncoderError, clean_caption, load_t5, t5_encode
 
-TEXT_FAMILIES = ["opensora-v1.2"]
-SCHEDULERS = ["rflow"]
+TEXT_FAMILIES = ["opensora-v1.2", "cogvideox"]
+SCHEDULERS = ["rflow", "dpm", "ddim"]
+FAMILY_SCHEDULERS = {"opensora-v1.2": ["rflow"], "cogvideox": cogvideox_run.SCHEDULERS}
 RESOLUTIONS = ["144p", "240p", "360p", "480p", "720p", "1080p", "custom"]
 # Width:height, as users read aspect ratios; Open-Sora 1.2 keys its tables height:width (see bucket_size).
 ASPECT_RATIOS = ["16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "2:1", "1:2", "17:9", "9:17", "21:9", "8:3",
                  "25:12", "50:27", "27:50", "8:5"]
 
-MODEL_FAMILIES = {"stdit3": "opensora-v1.2"}
-VAE_FAMILIES = {"opensora_vae_v1_2": "opensora-v1.2"}
+MODEL_FAMILIES = {"stdit3": "opensora-v1.2", "cogvideox": "cogvideox"}
+VAE_FAMILIES = {"opensora_vae_v1_2": "opensora-v1.2", "cogvideox_vae": "cogvideox"}
 
 
 class ModelLoadError(ValueError):
@@ -70,8 +74,20 @@ class VideoVAE:
     def latent_channels(self) -> int:
         return self.net.latent_channels
 
+    @property
+    def align(self):
+        """Reference starts snap to the temporal chunk (Open-Sora 1.2's align=5); None for CogVideoX."""
+        return getattr(self.net, "micro_z_frame_size", None)
+
     def latent_frames(self, num_frames: int) -> int:
+        if self.family == "cogvideox":
+            return (num_frames - 1) // 4 + 1
         return self.net.latent_frames(num_frames)
+
+    def check_num_frames(self, num_frames: int):
+        if self.family == "cogvideox":
+            return cogvideox_run.check_frames(num_frames)
+        return self.net.check_num_frames(num_frames)
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,42 +95,71 @@ class VideoVAE:
 # --------------------------------------------------------------------------------------------
 def _kind_hint(kind: str) -> str:
     if kind in MODEL_FAMILIES:
-        return "a diffusion transformer: load it with OpenSora Model Loader"
-    if kind in VAE_FAMILIES or "vae" in kind:
-        return "a VAE: load it with OpenSora VAE Loader"
+        return f"a diffusion transformer ({kind}): load it with OpenSora Model Loader"
+    if kind in VAE_FAMILIES or "vae" in kind or kind == "dc_ae":
+        return f"a VAE ({kind}): load it with OpenSora VAE Loader"
     if kind == "t5":
         return "a T5 text encoder: load it with OpenSora Text Encoder Loader"
     return f"a '{kind}' checkpoint, which this pack does not support yet"
 
 
-def _read(path: str) -> tuple[dict, str]:
+def _read(path: str, sub: str) -> tuple[dict, str, str]:
+    """(state dict, family, path read); a diffusers pipeline folder is read from its `sub` folder."""
+    if os.path.isdir(os.path.join(path, sub)):
+        path = os.path.join(path, sub)
     try:
         sd = checkpoint.load_state_dict_file(path)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise ModelLoadError(f"cannot read '{path}' as a checkpoint ({e})") from e
-    return sd, checkpoint.detect_family(sd)
+    return sd, checkpoint.detect_family(sd), path
 
 
 def load_diffusion_model(path: str, dtype_name: str = "auto") -> DiffusionModel:
-    sd, kind = _read(path)
+    sd, kind, path = _read(path, "transformer")
     if kind not in MODEL_FAMILIES:
         raise ModelLoadError(f"'{path}' is {_kind_hint(kind)}, not a diffusion transformer this loader can take "
-                             f"(supported: Open-Sora 1.2 STDiT3)")
+                             f"(supported: Open-Sora 1.2 STDiT3, CogVideoX 2B/5B/5B-I2V/1.5/1.5-I2V)")
     device = devices.get_device()
     dtype = devices.resolve_dtype(dtype_name, device)
-    net = stdit3.load_stdit3(sd, model_max_length=T5_MAX_LENGTH["v1.2"])
+    try:
+        net, config = _build_model(kind, sd, path)
+    except (ValueError, KeyError, IndexError, RuntimeError) as e:
+        raise ModelLoadError(f"'{path}' looks like a {kind} checkpoint but its tensors do not fit that model "
+                             f"({type(e).__name__}: {e}); the file may be truncated or converted wrongly") from e
     net.to(dtype=dtype).eval().requires_grad_(False)
-    return DiffusionModel(MODEL_FAMILIES[kind], net, dtype, device, devices.offload_device())
+    return DiffusionModel(MODEL_FAMILIES[kind], net, dtype, device, devices.offload_device(), config)
+
+
+def _build_model(kind: str, sd: dict, path: str):
+    config = {}
+    if kind == "cogvideox":
+        config = cogvideox_loading.config_from_state_dict(sd)
+        if os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json")):
+            with open(os.path.join(path, "config.json")) as f:
+                config.update({k: v for k, v in json.load(f).items() if k in config})
+        net = cogvideox_loading.build_transformer(sd, config)
+        config = {"variant": cogvideox_loading.variant_of(config)}
+    else:
+        net = stdit3.load_stdit3(sd, model_max_length=T5_MAX_LENGTH["v1.2"])
+    return net, config
 
 
 def load_vae(path: str, dtype_name: str = "auto") -> VideoVAE:
-    sd, kind = _read(path)
+    sd, kind, path = _read(path, "vae")
     if kind not in VAE_FAMILIES:
         raise ModelLoadError(f"'{path}' is {_kind_hint(kind)}, not a video VAE this loader can take "
-                             f"(supported: Open-Sora VAE v1.2)")
+                             f"(supported: Open-Sora VAE v1.2, the CogVideoX VAE)")
     device = devices.get_device()
     dtype = devices.resolve_dtype(dtype_name, device)
-    net = vae_v1_2.load_vae_v1_2(sd)
+    try:
+        if kind == "cogvideox_vae":
+            _, config = cogvideox_loading.read_vae(path)
+            net = cogvideox_loading.build_vae(sd, config)
+        else:
+            net = vae_v1_2.load_vae_v1_2(sd)
+    except (ValueError, KeyError, IndexError, RuntimeError) as e:
+        raise ModelLoadError(f"'{path}' looks like a {kind} checkpoint but its tensors do not fit that model "
+                             f"({type(e).__name__}: {e})") from e
     net.to(dtype=dtype).eval().requires_grad_(False)
     return VideoVAE(VAE_FAMILIES[kind], net, dtype, device, devices.offload_device())
 
@@ -154,13 +199,18 @@ def encode_text(encoder, prompt: str, family: str, aesthetic_score=None, motion_
                 offload: bool = True) -> dict:
     if family not in TEXT_FAMILIES:
         raise InputError("family", f"unknown model family '{family}'", f"choose one of {TEXT_FAMILIES}")
-    text = opensora_v1_2_prompt(prompt, aesthetic_score, motion_score, camera_motion)
-    encoder.to(encoder.device if encoder.device.type != "cpu" else "cpu")
-    y, mask = t5_encode(encoder, [text], max_length=T5_MAX_LENGTH["v1.2"])
+    if family == "cogvideox":
+        # 226 tokens, raw text, T5 run without the attention mask; the reference's default negative prompt is ""
+        y, mask = t5_encode(encoder, [prompt, ""], max_length=cogvideox_run.TEXT_LENGTH, use_mask=False)
+        cond = {"family": family, "y": y[:1], "mask": mask[:1], "null_y": y[1:], "prompts": [prompt]}
+    else:
+        text = opensora_v1_2_prompt(prompt, aesthetic_score, motion_score, camera_motion)
+        y, mask = t5_encode(encoder, [text], max_length=T5_MAX_LENGTH["v1.2"])
+        cond = {"family": family, "y": y, "mask": mask, "prompts": [text]}
     if offload:
         encoder.to(devices.offload_device())
         comfy_adapter.soft_empty_cache()
-    return {"family": family, "y": y, "mask": mask, "prompts": [text]}
+    return cond
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,7 +236,7 @@ def empty_latent(vae: VideoVAE, resolution: str, aspect_ratio: str, width: int, 
         name = "height" if height % ratio else "width"
         raise InputError(name, f"{height if name == 'height' else width} is not divisible by {ratio} (the VAE's "
                          f"spatial compression)", f"use a multiple of {ratio}")
-    problem = vae.net.check_num_frames(num_frames) if hasattr(vae.net, "check_num_frames") else None
+    problem = vae.check_num_frames(num_frames)
     if problem:
         raise InputError("num_frames", problem[0], problem[1])
     shape = (batch_size, vae.latent_channels, vae.latent_frames(num_frames), height // ratio, width // ratio)
@@ -287,12 +337,15 @@ def _check_family(model: DiffusionModel, cond: dict, latent_info: dict):
 
 
 def sample(model: DiffusionModel, positive: dict, latent: dict, seed: int, steps: int, cfg: float,
-           scheduler: str, denoise: float, fps: int, negative: dict | None = None) -> dict:
+           scheduler: str, denoise: float, fps: int, negative: dict | None = None, dynamic_cfg: bool = False) -> dict:
     info = _latent_info(latent)
     _check_family(model, positive, info)
-    if scheduler not in SCHEDULERS:
+    if scheduler not in FAMILY_SCHEDULERS[model.family]:
         raise InputError("scheduler", f"'{scheduler}' is not a scheduler of {model.family}",
-                         f"choose one of {SCHEDULERS}")
+                         f"choose one of {FAMILY_SCHEDULERS[model.family]}")
+    if model.family == "cogvideox":
+        return _sample_cogvideox(model, positive, negative, latent, info, seed, steps, cfg, scheduler, denoise,
+                                 dynamic_cfg)
     net = model.net
     if positive["y"].shape[2] != net.null_caption.shape[0]:
         raise InputError("positive", f"the prompt has {positive['y'].shape[2]} tokens but the model's null "
@@ -336,6 +389,41 @@ def sample(model: DiffusionModel, positive: dict, latent: dict, seed: int, steps
     return result
 
 
+def _sample_cogvideox(model, positive, negative, latent, info, seed, steps, cfg, scheduler, denoise, dynamic_cfg):
+    variant = model.config["variant"]
+    for problem in (cogvideox_run.check_frames(info["num_frames"], variant),
+                    cogvideox_run.check_size(info["height"], info["width"], variant, model.net.config)):
+        if problem:
+            raise InputError("latent", problem[0], problem[1] + " in OpenSora Empty Latent")
+    image = None
+    conditions = info.get("conditions") or []
+    if variant.endswith("i2v"):
+        if not conditions:
+            raise InputError("latent", f"CogVideoX {variant} is an image-to-video model and no image was given",
+                             "connect OpenSora Reference Condition (target_start 0) with the image")
+        entry, ref = conditions[0]
+        if len(conditions) > 1 or entry.target_start != 0 or entry.length != 1:
+            raise InputError("latent", "CogVideoX I2V takes one image as the first frame", "keep one Reference "
+                             "Condition with target_start 0 and length 1")
+        rs = entry.ref_start + ref.shape[1] if entry.ref_start < 0 else entry.ref_start
+        image = ref[:, rs:rs + 1]
+    elif conditions:
+        raise InputError("latent", f"CogVideoX {variant} takes no reference frames",
+                         "remove the reference / mask-strategy nodes, or load an I2V model")
+    b = latent["samples"].shape[0]
+    y = positive["y"][:, 0].repeat(b, 1, 1)
+    y_neg = (negative or positive)["y" if negative else "null_y"][:, 0].repeat(b, 1, 1)
+    net = model.net.to(model.device)
+    try:
+        raw = cogvideox_run.sample(net, variant, y, y_neg, latent["samples"].float(), info, seed, steps, cfg,
+                                   scheduler, denoise, dynamic_cfg, image, model.device, model.dtype)
+    finally:
+        if model.offload_device != model.device:
+            net.to(model.offload_device)
+            comfy_adapter.soft_empty_cache()
+    return {**latent, "samples": raw, "opensora": {**info, "conditions": []}}
+
+
 # --------------------------------------------------------------------------------------------
 # VAE
 # --------------------------------------------------------------------------------------------
@@ -346,6 +434,18 @@ def decode(vae: VideoVAE, latent: dict, temporal_chunk: int = 0, temporal_overla
         raise InputError("latent", f"the latent belongs to a '{info['family']}' VAE but this VAE is '{vae.family}'",
                          "decode with the VAE the latent was made with")
     net = vae.net.to(vae.device)
+    if vae.family == "cogvideox":
+        try:
+            z = latent["samples"].to(vae.device, vae.dtype)
+            bar = comfy_adapter.Progress(len(net.chunks(z.shape[2], 2)), desc="decoding")
+            frames = []
+            for i, chunk in enumerate(net.decode_chunks(z)):
+                frames.append(chunk.float().cpu())
+                bar.update_absolute(i + 1)
+            return torch.cat(frames, dim=2)
+        finally:
+            if vae.offload_device != vae.device:
+                net.to(vae.offload_device)
     try:
         z = latent["samples"].to(vae.device, vae.dtype)
         bar = comfy_adapter.Progress(-(-z.shape[2] // net.micro_z_frame_size), desc="decoding")
@@ -364,9 +464,15 @@ def encode(vae: VideoVAE, video: torch.Tensor) -> dict:
     if h % ratio or w % ratio:
         raise InputError("images", f"frames of {w}x{h} are not divisible by {ratio}",
                          f"resize or crop them to multiples of {ratio} first")
+    if vae.family == "cogvideox" and (t - 1) % 4:
+        raise InputError("images", f"{t} frames is not 4k+1, which the CogVideoX VAE needs",
+                         "trim the frames (OpenSora Load Video's frame_cap) to 4k+1")
     net = vae.net.to(vae.device)
     try:
-        z = net.encode(video.to(vae.device, vae.dtype), sample_posterior=False)
+        if vae.family == "cogvideox":
+            z = net.encode_moments(video.to(vae.device, vae.dtype))[0]  # posterior mean: deterministic
+        else:
+            z = net.encode(video.to(vae.device, vae.dtype), sample_posterior=False)
     finally:
         if vae.offload_device != vae.device:
             net.to(vae.offload_device)
@@ -376,6 +482,6 @@ def encode(vae: VideoVAE, video: torch.Tensor) -> dict:
 def _new_info(vae: VideoVAE, num_frames: int, height: int, width: int) -> dict:
     # align: reference starts snap to the temporal VAE's latent chunk, as Open-Sora 1.2's inference (align=5)
     return {"family": vae.family, "num_frames": num_frames, "height": height, "width": width,
-            "align": vae.net.micro_z_frame_size, "conditions": []}
+            "align": vae.align, "conditions": []}
 
 

@@ -14,7 +14,8 @@ def _load(node: str, input_name: str, fn, *args):
 
 
 class OpenSoraModelLoader:
-    DESCRIPTION = ("Loads a video diffusion transformer (Open-Sora STDiT3, ...). The family is detected from the "
+    DESCRIPTION = ("Loads a video diffusion transformer (Open-Sora 1.2 STDiT3; CogVideoX 2B, 5B, 5B-I2V, 1.5 and "
+                   "1.5-I2V as single files or diffusers folders). The family is detected from the "
                    "checkpoint's tensors; a file of another kind is refused with a message that says which "
                    "loader it belongs to.")
     CATEGORY = f"{CATEGORY}/loaders"
@@ -41,8 +42,8 @@ class OpenSoraModelLoader:
 
 
 class OpenSoraVAELoader:
-    DESCRIPTION = ("Loads a video VAE (Open-Sora VAE v1.2, ...). The family is detected from the checkpoint's "
-                   "tensors.")
+    DESCRIPTION = ("Loads a video VAE (Open-Sora VAE v1.2, the CogVideoX VAE as a file or diffusers folder). The "
+                   "family is detected from the checkpoint's tensors.")
     CATEGORY = f"{CATEGORY}/loaders"
     RETURN_TYPES = ("OPENSORA_VAE",)
     RETURN_NAMES = ("vae",)

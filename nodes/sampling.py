@@ -183,10 +183,11 @@ class OpenSoraJoinClips:
 
 
 class OpenSoraSampler:
-    DESCRIPTION = ("Samples a video latent. Open-Sora 1.2: rectified flow with the resolution- and length-aware "
-                   "timestep transform, classifier-free guidance against the learned null caption, and the "
-                   "conditions placed by the reference / mask-strategy nodes. denoise < 1 edits the input "
-                   "latent (video-to-video).")
+    DESCRIPTION = ("Samples a video latent. Open-Sora 1.2: rectified flow (scheduler rflow) with the resolution- "
+                   "and length-aware timestep transform, classifier-free guidance against the learned null caption, "
+                   "and the conditions placed by the reference / mask-strategy nodes. CogVideoX: DPM-Solver++(2M) "
+                   "or DDIM (v-prediction), optional dynamic cfg, image-to-video from a Reference Condition at "
+                   "frame 0. denoise < 1 edits the input latent (video-to-video).")
     CATEGORY = f"{CATEGORY}/sampling"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
@@ -207,7 +208,8 @@ class OpenSoraSampler:
                 "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
                                   "tooltip": "Classifier-free guidance scale (1 = no guidance pass)."}),
                 "scheduler": (pipeline.SCHEDULERS, {"default": pipeline.SCHEDULERS[0],
-                                                    "tooltip": "Sampling method of the model family."}),
+                                                    "tooltip": "Sampling method of the model family: rflow for "
+                                                               "Open-Sora 1.2; dpm or ddim for CogVideoX."}),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                       "tooltip": "1 generates from noise; lower keeps more of the input latent."}),
                 "fps": ("INT", {"default": 24, "min": 1, "max": 240,
@@ -215,13 +217,19 @@ class OpenSoraSampler:
                                            "images use 120)."}),
             },
             "optional": {
-                "negative": ("OPENSORA_COND", {"tooltip": "Negative prompt, for families that use one "
-                                                          "(Open-Sora 1.2 uses its learned null caption)."}),
+                "negative": ("OPENSORA_COND", {"tooltip": "Negative prompt, for families that use one (CogVideoX; "
+                                                          "unconnected it is the empty prompt). Open-Sora 1.2 uses "
+                                                          "its learned null caption."}),
+                "dynamic_cfg": ("BOOLEAN", {"default": False,
+                                            "tooltip": "CogVideoX: the guidance scale follows the reference's "
+                                                       "cosine 'wave' schedule (use_dynamic_cfg)."}),
             }}
 
-    def sample(self, model, positive, latent, seed, steps, cfg, scheduler, denoise, fps, negative=None):
+    def sample(self, model, positive, latent, seed, steps, cfg, scheduler, denoise, fps, negative=None,
+               dynamic_cfg=False):
         return (_checked("OpenSoraSampler", pipeline.sample, model, positive, latent, seed=seed, steps=steps,
-                         cfg=cfg, scheduler=scheduler, denoise=denoise, fps=fps, negative=negative),)
+                         cfg=cfg, scheduler=scheduler, denoise=denoise, fps=fps, negative=negative,
+                         dynamic_cfg=dynamic_cfg),)
 
 
 NODE_CLASS_MAPPINGS = {

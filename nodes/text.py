@@ -9,7 +9,8 @@ CAMERA_MOTIONS = ["none", "static", "pan right", "pan left", "tilt up", "tilt do
 
 class OpenSoraTextEncode:
     DESCRIPTION = ("Encodes a prompt with T5 the way the chosen model family was trained: Open-Sora 1.2 appends "
-                   "the aesthetic / motion / camera suffixes, cleans the caption and pads to 300 tokens. The "
+                   "the aesthetic / motion / camera suffixes, cleans the caption and pads to 300 tokens; CogVideoX "
+                   "takes the raw text at 226 tokens (and the empty prompt as its default negative). The "
                    "embeddings are kept on the CPU so the encoder can leave the GPU before sampling.")
     CATEGORY = f"{CATEGORY}/conditioning"
     RETURN_TYPES = ("OPENSORA_COND",)

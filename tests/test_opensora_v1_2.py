@@ -54,13 +54,18 @@ def test_loaders_refuse_other_kinds(models, tmp_path):
     os.link(models["vae"], root / "diffusion_models" / "a_vae.safetensors")
     os.link(models["model"], root / "vae" / "a_model.safetensors")
     loader = OpenSoraModelLoader()
-    with pytest.raises(NodeInputError, match=r"OpenSoraModelLoader: input 'model_name':.*'cogvideox' checkpoint"):
-        loader.load("cogvideox.safetensors", "fp32")
+    with pytest.raises(NodeInputError, match=r"OpenSoraModelLoader: input 'model_name':.*looks like a cogvideox "
+                                             r"checkpoint but its tensors do not fit"):
+        loader.load("cogvideox.safetensors", "fp32")  # the right keys, wrong (dummy) shapes
+    cog_vae = {k: torch.zeros(1) for k in _keys(os.path.join(SPECS, "cogvideox_vae_keys.txt"))}
+    save_file(cog_vae, str(root / "diffusion_models" / "cogvideox_vae.safetensors"))
+    with pytest.raises(NodeInputError, match=r"is a VAE \(cogvideox_vae\): load it with OpenSora VAE Loader"):
+        loader.load("cogvideox_vae.safetensors", "fp32")
     with pytest.raises(NodeInputError, match=r"input 'model_name': cannot read .*random.safetensors"):
         loader.load("random.safetensors", "fp32")
-    with pytest.raises(NodeInputError, match="is a VAE: load it with OpenSora VAE Loader"):
+    with pytest.raises(NodeInputError, match=r"is a VAE \(opensora_vae_v1_2\): load it with OpenSora VAE Loader"):
         loader.load("a_vae.safetensors", "fp32")
-    with pytest.raises(NodeInputError, match="OpenSoraVAELoader.*is a diffusion transformer: load it with OpenSora Model"):
+    with pytest.raises(NodeInputError, match=r"OpenSoraVAELoader.*is a diffusion transformer \(stdit3\): load it with OpenSora Model"):
         OpenSoraVAELoader().load("a_model.safetensors", "fp32")
     with pytest.raises(NodeInputError, match="'missing.safetensors' was not found.*models/diffusion_models"):
         loader.load("missing.safetensors", "fp32")

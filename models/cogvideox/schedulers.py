@@ -79,19 +79,26 @@ def dynamic_guidance(g: float, t: int, steps: int) -> float:
     return 1 + g * ((1 - math.cos(math.pi * ((steps - t) / steps) ** 5.0)) / 2)
 
 
+def add_noise(x0, noise, t: int, ac):
+    """The forward process at integer timestep t: sqrt(a) x0 + sqrt(1-a) noise."""
+    return ac[t] ** 0.5 * x0 + (1 - ac[t]) ** 0.5 * noise
+
+
 def sample(model, latents, pos, neg, steps: int, guidance: float, use_dynamic_cfg: bool = False,
            scheduler: str = "ddim", snr_shift_scale: float = 1.0, rope=None, image_latents=None, ofs=None,
-           noise_fn=None, callback=None):
-    """latents [B,F,C,h,w] (initial noise); pos/neg prompt embeddings [B,L,D]. Returns the final latents."""
+           noise_fn=None, callback=None, start_step: int = 0):
+    """latents [B,F,C,h,w] (initial noise, or a noised input from start_step on: video-to-video); pos/neg prompt
+    embeddings [B,L,D]. Returns the final latents."""
     noise_fn = noise_fn or (lambda shape: torch.randn(shape))
     ac = alphas_cumprod(snr_shift_scale)
-    ts = get_timesteps(steps)
+    all_ts = get_timesteps(steps)
+    ts = all_ts[start_step:]
     cfg = guidance > 1.0
     text = torch.cat([neg, pos]) if cfg else pos
     dtype = pos.dtype
     old_x0 = None
-    bar = comfy_adapter.Progress(steps, desc="sampling")
-    for i, t in enumerate(ts):
+    bar = comfy_adapter.Progress(len(ts), desc="sampling")
+    for i, t in enumerate(ts, start=start_step):
         x_in = torch.cat([latents, latents]) if cfg else latents
         if image_latents is not None:  # I2V: the image latent is concatenated on the channel axis
             x_in = torch.cat([x_in, torch.cat([image_latents] * (2 if cfg else 1))], dim=2)
@@ -104,7 +111,8 @@ def sample(model, latents, pos, neg, steps: int, guidance: float, use_dynamic_cf
         if scheduler == "ddim":
             latents, x0 = ddim_step(v, t, latents, ac, steps)
         else:
-            latents, old_x0 = dpm_step(v, old_x0, t, ts[i - 1] if i > 0 else None, latents, ac, steps, noise_fn)
+            back = all_ts[i - 1] if i > start_step else None
+            latents, old_x0 = dpm_step(v, old_x0, t, back, latents, ac, steps, noise_fn)
             x0 = old_x0
         latents = latents.to(dtype)
         if callback is not None:
