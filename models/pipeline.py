@@ -395,6 +395,11 @@ def _sample_cogvideox(model, positive, negative, latent, info, seed, steps, cfg,
                     cogvideox_run.check_size(info["height"], info["width"], variant, model.net.config)):
         if problem:
             raise InputError("latent", problem[0], problem[1] + " in OpenSora Empty Latent")
+    expected = cogvideox_loading.SCALE[variant]
+    if info.get("vae_scaling") is not None and abs(info["vae_scaling"] - expected) > 1e-6:
+        raise InputError("latent", f"the VAE's config says scaling factor {info['vae_scaling']}, but CogVideoX "
+                         f"{variant} uses {expected}", f"load the VAE from the {variant} repository (the vae/ "
+                         f"folder beside its transformer), or the single-file VAE")
     image = None
     conditions = info.get("conditions") or []
     if variant.endswith("i2v"):
@@ -482,6 +487,6 @@ def encode(vae: VideoVAE, video: torch.Tensor) -> dict:
 def _new_info(vae: VideoVAE, num_frames: int, height: int, width: int) -> dict:
     # align: reference starts snap to the temporal VAE's latent chunk, as Open-Sora 1.2's inference (align=5)
     return {"family": vae.family, "num_frames": num_frames, "height": height, "width": width,
-            "align": vae.align, "conditions": []}
+            "align": vae.align, "vae_scaling": getattr(vae.net, "scaling_factor", None), "conditions": []}
 
 

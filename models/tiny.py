@@ -101,3 +101,40 @@ def write_tiny_models(models_dir: str) -> dict:
     write_tiny_vae_v1_2(paths["vae"])
     write_tiny_t5(paths["text_encoder"])
     return paths
+
+
+def write_tiny_cogvideox(folder: str, variant: str = "5b", seed: int = 0) -> str:
+    """A tiny CogVideoX pipeline folder in the diffusers layout (model_index.json, transformer/ and vae/ with
+    config.json and weights), as users keep the released repos in models/opensora/. Text width 32 matches
+    write_tiny_t5."""
+    import json
+
+    from .cogvideox.loading import SCALE, VARIANTS
+    from .cogvideox.transformer import CogVideoXTransformer3D
+    from .cogvideox.vae import CogVideoXVAE
+
+    torch.manual_seed(seed)
+    cfg = dict(VARIANTS[variant])
+    cfg.update(num_attention_heads=2, attention_head_dim=16, time_embed_dim=32, text_embed_dim=32, num_layers=2,
+               sample_height=8, sample_width=8, sample_frames=17)
+    if cfg.get("ofs_embed_dim"):
+        cfg["ofs_embed_dim"] = 32
+    if cfg.get("patch_size_t"):
+        cfg.update(sample_height=12, sample_width=10)
+    transformer = CogVideoXTransformer3D(**cfg)
+    with torch.no_grad():  # zero-initialised layers stay non-zero so every path matters
+        for p in transformer.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    vae_cfg = dict(block_out_channels=[8, 16, 16, 16], latent_channels=16, layers_per_block=1, norm_num_groups=4,
+                   scaling_factor=SCALE[variant], invert_scale_latents=variant.startswith("1.5"))
+    vae = CogVideoXVAE(**vae_cfg)
+    for sub, model, config in (("transformer", transformer, cfg), ("vae", vae, vae_cfg)):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+        with open(os.path.join(folder, sub, "config.json"), "w") as f:
+            json.dump(config, f, indent=1)
+        _save(model, os.path.join(folder, sub, "diffusion_pytorch_model.safetensors"))
+    with open(os.path.join(folder, "model_index.json"), "w") as f:
+        json.dump({"_class_name": "CogVideoXPipeline" if "i2v" not in variant else "CogVideoXImageToVideoPipeline",
+                   "transformer": ["diffusers", "CogVideoXTransformer3DModel"],
+                   "vae": ["diffusers", "AutoencoderKLCogVideoX"]}, f, indent=1)
+    return folder
