@@ -12,7 +12,7 @@ from comfyui_opensora.harness import pack as pack_mod
 from comfyui_opensora.harness.convert import load_prompt
 from comfyui_opensora.harness.execute import Executor
 from comfyui_opensora.harness.validate import format_report, validate_prompt
-from comfyui_opensora.models.tiny import TINY_FILES, write_tiny_models
+from comfyui_opensora.models.tiny import TINY_FILES, write_tiny_cogvideox, write_tiny_models
 from conftest import REPO_ROOT
 
 WORKFLOWS = sorted(glob.glob(os.path.join(REPO_ROOT, "workflows", "*.json")))
@@ -22,24 +22,38 @@ OVERRIDES = {"model_name": os.path.basename(TINY_FILES["model"]), "vae_name": os
              "width": 64, "height": 48, "num_frames": 17, "steps": 2}
 
 
+# CogVideoX workflows run once per variant they serve, on tiny diffusers-layout folders.
+COGVIDEOX_VARIANTS = {"cogvideox_t2v.json": ["2b", "5b", "1.5"], "cogvideox_i2v.json": ["5b_i2v", "1.5_i2v"],
+                      "cogvideox_v2v.json": ["5b"]}
+CASES = [(p, v) for p in WORKFLOWS for v in COGVIDEOX_VARIANTS.get(os.path.basename(p), [None])]
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("wf")
     write_tiny_models(str(root / "models"))
+    for variants in COGVIDEOX_VARIANTS.values():
+        for v in variants:
+            write_tiny_cogvideox(str(root / "models" / "opensora" / f"cog_{v}"), v)
     clip = root / "clip.mp4"
     frames = torch.rand(34, 48, 64, 3)
     video_io.write_video(str(clip), frames, 24.0)
     image = root / "image.png"
     video_io.write_video(str(root / "img_dir"), frames[:1], 24.0, "png (frames)")
     os.replace(root / "img_dir" / "frame_00000.png", image)
+    video_io.write_video(str(root / "img64_dir"), torch.rand(1, 64, 64, 3), 24.0, "png (frames)")
+    os.replace(root / "img64_dir" / "frame_00000.png", root / "image64.png")
     comfy_adapter.configure(models_dir=str(root / "models"), output_dir=str(root / "out"), input_dir=str(root))
-    yield {"root": root, "clip": str(clip), "image": str(image)}
+    yield {"root": root, "clip": str(clip), "image": str(image), "image64": str(root / "image64.png")}
     comfy_adapter._settings.update(models_dir=None, output_dir=None, input_dir=None)
 
 
-def _prepare(prompt, env, name):
+def _prepare(prompt, env, name, variant=None):
     # extension workflows carry 5 latents (17 frames) over: their clips need two chunks (34 frames)
     overrides = {**OVERRIDES, "num_frames": 34} if ("extend" in name or "long" in name) else OVERRIDES
+    if variant:  # CogVideoX: 64x64 (multiple of 16), 17 frames (8k+1 for 1.5), its pipeline folder
+        overrides = {**OVERRIDES, "model_name": f"cog_{variant}", "vae_name": f"cog_{variant}", "width": 64,
+                     "height": 64}
     for node in prompt.values():
         inputs = node["inputs"]
         for k, v in overrides.items():
@@ -50,20 +64,24 @@ def _prepare(prompt, env, name):
                 inputs[k] = v
         if node["class_type"] == "OpenSoraLoadVideo":
             inputs["path"] = env["image"] if "i2v" in name else env["clip"]
+            if "i2v" in name and variant:
+                inputs["path"] = env["image64"]
             if "opensora" in name:
                 inputs.update(resize="crop to size", width=64, height=48)
+            if variant:
+                inputs.update(resize="crop to size", width=64, height=64, frame_cap=17)
     return prompt
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=[os.path.basename(p) for p in WORKFLOWS])
-def test_shipped_workflow_runs(path, env):
+@pytest.mark.parametrize("path,variant", CASES, ids=[os.path.basename(p) + (f"-{v}" if v else "") for p, v in CASES])
+def test_shipped_workflow_runs(path, variant, env):
     pack = pack_mod.load_pack()
     defs = pack_mod.node_definitions(pack)
     workflow = json.load(open(path))
     assert workflow.get("version") == 0.4 and workflow["nodes"], "shipped workflows are UI format"
     prompt, ui = load_prompt(workflow, defs)
     name = os.path.basename(path)
-    prompt = _prepare(prompt, env, name)
+    prompt = _prepare(prompt, env, name, variant)
     result = validate_prompt(prompt, defs, pack.classes)
     assert result["http_status"] == 200 and not result["response"]["node_errors"], format_report(result)
     out = Executor(pack.classes).run(result["validated_prompt"], extra_data={"extra_pnginfo": {"workflow": ui}})
@@ -76,4 +94,6 @@ def test_shipped_workflow_runs(path, env):
     assert video.frames.shape[0] == expected
     if name.startswith("opensora"):
         assert video.frames.shape[1:3] == (48, 64)
+    if variant:
+        assert video.frames.shape[1:3] == (64, 64)
     assert video_io.read_metadata(saved[0])["workflow"]["nodes"], "the UI workflow is embedded"

@@ -149,7 +149,68 @@ def opensora_v1_2_v2v_edit(defs, Builder):
     return b
 
 
-WORKFLOWS = {"video_convert": video_convert, "opensora_v1.2_t2v": opensora_v1_2_t2v,
+def _cogvideox_core(b, repo, prompt, frames=49):
+    model = b.add("OpenSoraModelLoader", 0, model_name=repo, dtype="auto")
+    vae = b.add("OpenSoraVAELoader", 0, vae_name=repo, dtype="auto")
+    te = b.add("OpenSoraTextEncoderLoader", 0, text_encoder_name=T5, tokenizer="auto", dtype="auto", device="auto")
+    enc = b.add("OpenSoraTextEncode", 1, prompt=prompt, family="cogvideox", aesthetic_score=0.0)
+    b.connect(te, 0, enc, "text_encoder")
+    latent = b.add("OpenSoraEmptyLatent", 1, resolution="custom", width=720, height=480, num_frames=frames)
+    b.connect(vae, 0, latent, "vae")
+    return model, vae, enc, latent
+
+
+def _cogvideox_sample(b, model, vae, cond, latent, col, denoise=1.0, scheduler="dpm"):
+    s = b.add("OpenSoraSampler", col, seed=42, steps=50, cfg=6.0, scheduler=scheduler, denoise=denoise, fps=8,
+              dynamic_cfg=True)
+    b.connect(model, 0, s, "model")
+    b.connect(cond, 0, s, "positive")
+    b.connect(latent, 0, s, "latent")
+    d = b.add("OpenSoraVAEDecode", col)
+    b.connect(vae, 0, d, "vae")
+    b.connect(s, 0, d, "latent")
+    out = b.add("OpenSoraSaveVideo", col + 1, fps=8.0, filename_prefix="OpenSora/cogvideox", format="mp4 (h264)")
+    b.connect(d, 0, out, "images")
+
+
+def cogvideox_t2v(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _cogvideox_core(b, "CogVideoX-5b", "a golden retriever runs through a sunlit meadow")
+    _cogvideox_sample(b, model, vae, cond, latent, 2)
+    b.note("CogVideoX text-to-video (2B or 5B: pick the repo folder in models/opensora, e.g. CogVideoX-2b). "
+           "720x480, 49 frames, DPM 50 steps, dynamic cfg 6. For CogVideoX 1.5 use 1360x768 and 81 frames.", 0)
+    return b
+
+
+def cogvideox_i2v(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _cogvideox_core(b, "CogVideoX-5b-I2V", "the boat sails towards the lighthouse")
+    image = b.add("OpenSoraLoadVideo", 1, video="none", path="")
+    ref = b.add("OpenSoraReferenceCondition", 2, reference_start=0, target_start=0, length=1, edit_ratio=0.0)
+    b.connect(latent, 0, ref, "latent")
+    b.connect(vae, 0, ref, "vae")
+    b.connect(image, 0, ref, "reference")
+    _cogvideox_sample(b, model, vae, cond, ref, 3)
+    b.note("CogVideoX image-to-video: 5B-I2V (720x480, 49 frames) or 1.5-I2V (e.g. 1360x768, 81 frames). The "
+           "image is the first frame.", 1)
+    return b
+
+
+def cogvideox_v2v(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _cogvideox_core(b, "CogVideoX-5b", "the same scene as an oil painting")
+    src = b.add("OpenSoraLoadVideo", 1, video="none", path="", frame_cap=49, resize="crop to size", width=720,
+                height=480)
+    enc = b.add("OpenSoraVAEEncode", 2)
+    b.connect(vae, 0, enc, "vae")
+    b.connect(src, 0, enc, "images")
+    _cogvideox_sample(b, model, vae, cond, enc, 3, denoise=0.8, scheduler="ddim")
+    b.note("CogVideoX video-to-video: the source (49 frames, 720x480) is encoded and re-noised to strength 0.8.", 1)
+    return b
+
+
+WORKFLOWS = {"video_convert": video_convert, "cogvideox_t2v": cogvideox_t2v, "cogvideox_i2v": cogvideox_i2v,
+             "cogvideox_v2v": cogvideox_v2v, "opensora_v1.2_t2v": opensora_v1_2_t2v,
              "opensora_v1.2_i2v": opensora_v1_2_i2v, "opensora_v1.2_extend": opensora_v1_2_extend,
              "opensora_v1.2_long_video": opensora_v1_2_long_video, "opensora_v1.2_v2v_edit": opensora_v1_2_v2v_edit}
 
