@@ -59,6 +59,10 @@ def detect_family(sd: dict) -> str:
         return "mmdit"
     if prefix("transformer_blocks.") and prefix("patch_embed.") and prefix("norm_final"):
         return "cogvideox"
+    if prefix("model.diffusion_model.mixins.patch_embed."):
+        return "cogvideox_sat"
+    if prefix("decoder.up.") and any(".conv_y." in k for k in keys):
+        return "cogvideox_vae_sat"
     if prefix("spatial_vae.") and prefix("temporal_vae."):
         return "opensora_vae_v1_2"
     if prefix("encoder.project_in.") and prefix("encoder.stages."):

@@ -20,7 +20,7 @@ import torch
 
 from .. import comfy_adapter
 from . import checkpoint, devices, mask_strategy, noise as noise_mod, rflow
-from .cogvideox import loading as cogvideox_loading, run as cogvideox_run
+from .cogvideox import loading as cogvideox_loading, run as cogvideox_run, sat as cogvideox_sat
 from .opensora import buckets, stdit3, vae_v1_2
 from .text_encoders import T5_MAX_LENGTH, TextEncoderError, clean_caption, load_t5, t5_encode
 
@@ -32,8 +32,8 @@ RESOLUTIONS = ["144p", "240p", "360p", "480p", "720p", "1080p", "custom"]
 ASPECT_RATIOS = ["16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "2:1", "1:2", "17:9", "9:17", "21:9", "8:3",
                  "25:12", "50:27", "27:50", "8:5"]
 
-MODEL_FAMILIES = {"stdit3": "opensora-v1.2", "cogvideox": "cogvideox"}
-VAE_FAMILIES = {"opensora_vae_v1_2": "opensora-v1.2", "cogvideox_vae": "cogvideox"}
+MODEL_FAMILIES = {"stdit3": "opensora-v1.2", "cogvideox": "cogvideox", "cogvideox_sat": "cogvideox"}
+VAE_FAMILIES = {"opensora_vae_v1_2": "opensora-v1.2", "cogvideox_vae": "cogvideox", "cogvideox_vae_sat": "cogvideox"}
 
 
 class ModelLoadError(ValueError):
@@ -132,6 +132,8 @@ def load_diffusion_model(path: str, dtype_name: str = "auto") -> DiffusionModel:
 
 def _build_model(kind: str, sd: dict, path: str):
     config = {}
+    if kind == "cogvideox_sat":  # original SAT checkpoint: renamed to diffusers keys first
+        sd, kind = cogvideox_sat.transformer_to_diffusers(sd), "cogvideox"
     if kind == "cogvideox":
         config = cogvideox_loading.config_from_state_dict(sd)
         if os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json")):
@@ -152,7 +154,11 @@ def load_vae(path: str, dtype_name: str = "auto") -> VideoVAE:
     device = devices.get_device()
     dtype = devices.resolve_dtype(dtype_name, device)
     try:
-        if kind == "cogvideox_vae":
+        if kind == "cogvideox_vae_sat":
+            sd = cogvideox_sat.vae_to_diffusers(sd)
+            config = cogvideox_loading.vae_config(sd)
+            net = cogvideox_loading.build_vae(sd, config)
+        elif kind == "cogvideox_vae":
             _, config = cogvideox_loading.read_vae(path)
             net = cogvideox_loading.build_vae(sd, config)
         else:

@@ -103,13 +103,17 @@ def read_vae(path: str):
     if folder:
         with open(os.path.join(folder, "config.json")) as f:
             config = json.load(f)
+    return sd, {**vae_config(sd), **config}
+
+
+def vae_config(sd: dict) -> dict:
+    """VAE constructor arguments read off a (diffusers-named) state dict."""
     chans = tuple(sd[f"encoder.down_blocks.{i}.resnets.0.conv2.conv.weight"].shape[0]
                   for i in range(1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.down_blocks."))))
-    derived = dict(block_out_channels=chans, latent_channels=sd["decoder.conv_in.conv.weight"].shape[1],
-                   layers_per_block=1 + max(int(k.split(".")[4]) for k in sd
-                                            if k.startswith("encoder.down_blocks.0.resnets.")),
-                   norm_num_groups=min(32, max(1, chans[0] // 2)))
-    return sd, {**derived, **config}
+    return dict(block_out_channels=chans, latent_channels=sd["decoder.conv_in.conv.weight"].shape[1],
+                layers_per_block=1 + max(int(k.split(".")[4]) for k in sd
+                                         if k.startswith("encoder.down_blocks.0.resnets.")),
+                norm_num_groups=min(32, max(1, chans[0] // 2)))
 
 
 def build_vae(sd: dict, config: dict) -> CogVideoXVAE:
