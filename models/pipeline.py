@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import comfy_adapter
-from . import checkpoint, devices, mask_strategy, noise as noise_mod, rflow
+from . import checkpoint, devices, mask_strategy, noise as noise_mod, offload, rflow
 from .cogvideox import loading as cogvideox_loading, run as cogvideox_run, sat as cogvideox_sat
 from .opensora import buckets, stdit3, vae_v1_2
 from .text_encoders import T5_MAX_LENGTH, TextEncoderError, clean_caption, load_t5, t5_encode
@@ -56,6 +56,7 @@ class DiffusionModel:
     device: torch.device
     offload_device: torch.device
     config: dict = field(default_factory=dict)
+    offload: str = "model"
 
 
 @dataclass
@@ -114,20 +115,32 @@ def _read(path: str, sub: str) -> tuple[dict, str, str]:
     return sd, checkpoint.detect_family(sd), path
 
 
-def load_diffusion_model(path: str, dtype_name: str = "auto") -> DiffusionModel:
+def load_diffusion_model(path: str, dtype_name: str = "auto", offload_mode: str = "model") -> DiffusionModel:
     sd, kind, path = _read(path, "transformer")
     if kind not in MODEL_FAMILIES:
         raise ModelLoadError(f"'{path}' is {_kind_hint(kind)}, not a diffusion transformer this loader can take "
                              f"(supported: Open-Sora 1.2 STDiT3, CogVideoX 2B/5B/5B-I2V/1.5/1.5-I2V)")
     device = devices.get_device()
-    dtype = devices.resolve_dtype(dtype_name, device)
+    if offload_mode not in offload.OFFLOAD_MODES:
+        raise ModelLoadError(f"unknown offload mode '{offload_mode}' (choose one of {offload.OFFLOAD_MODES})")
     try:
         net, config = _build_model(kind, sd, path)
     except (ValueError, KeyError, IndexError, RuntimeError) as e:
         raise ModelLoadError(f"'{path}' looks like a {kind} checkpoint but its tensors do not fit that model "
                              f"({type(e).__name__}: {e}); the file may be truncated or converted wrongly") from e
+    dtype = _model_dtype(dtype_name, device, config.get("variant"))
     net.to(dtype=dtype).eval().requires_grad_(False)
-    return DiffusionModel(MODEL_FAMILIES[kind], net, dtype, device, devices.offload_device(), config)
+    return DiffusionModel(MODEL_FAMILIES[kind], net, dtype, device, devices.offload_device(), config, offload_mode)
+
+
+def _model_dtype(dtype_name: str, device: torch.device, variant: str | None) -> torch.dtype:
+    """auto: the precision each model was trained in where the device has it (CogVideoX-2B fp16, the others
+    bf16), fp32 on CPU. CogVideoX 1.5 overflows in fp16."""
+    if variant and variant.startswith("1.5") and dtype_name == "fp16":
+        raise ModelLoadError("CogVideoX 1.5 does not run in fp16 (its activations overflow): choose bf16 or fp32")
+    if dtype_name == "auto" and variant == "2b" and device.type == "cuda":
+        return torch.float16
+    return devices.resolve_dtype(dtype_name, device)
 
 
 def _build_model(kind: str, sd: dict, path: str):
@@ -379,16 +392,12 @@ def sample(model: DiffusionModel, positive: dict, latent: dict, seed: int, steps
     kwargs = {"height": torch.full((b,), float(info["height"]), device=device),
               "width": torch.full((b,), float(info["width"]), device=device),
               "fps": torch.full((b,), float(fps if info["num_frames"] > 1 else buckets.IMAGE_FPS), device=device)}
-    net.to(device)
-    try:
+    with offload.on_device(net, model.offload, device, model.offload_device):
         y_null = net.null_caption[None].repeat(b, 1, 1)[:, None].to(device)
         out = rflow.sample(net, z.to(device), y.to(device), y_mask.to(device), y_null, timesteps, cfg,
                            None if mask is None else mask.to(device), kwargs,
                            noise_fn=lambda shape: noise_mod.seeded_noise(seed, shape, gen, device=device))
-    finally:
-        if model.offload_device != device:
-            net.to(model.offload_device)
-            comfy_adapter.soft_empty_cache()
+    comfy_adapter.soft_empty_cache()
     result = dict(latent)
     result["samples"] = out.float().cpu()
     result["opensora"] = {**info, "conditions": []}
@@ -424,14 +433,10 @@ def _sample_cogvideox(model, positive, negative, latent, info, seed, steps, cfg,
     b = latent["samples"].shape[0]
     y = positive["y"][:, 0].repeat(b, 1, 1)
     y_neg = (negative or positive)["y" if negative else "null_y"][:, 0].repeat(b, 1, 1)
-    net = model.net.to(model.device)
-    try:
+    with offload.on_device(model.net, model.offload, model.device, model.offload_device) as net:
         raw = cogvideox_run.sample(net, variant, y, y_neg, latent["samples"].float(), info, seed, steps, cfg,
                                    scheduler, denoise, dynamic_cfg, image, model.device, model.dtype)
-    finally:
-        if model.offload_device != model.device:
-            net.to(model.offload_device)
-            comfy_adapter.soft_empty_cache()
+    comfy_adapter.soft_empty_cache()
     return {**latent, "samples": raw, "opensora": {**info, "conditions": []}}
 
 

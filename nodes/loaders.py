@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .. import comfy_adapter
 from ..models import pipeline
+from ..models.offload import OFFLOAD_MODES
 from .common import CATEGORY, DTYPE_CHOICES, NodeInputError, model_choices, resolve_model_path
 
 
@@ -32,13 +33,18 @@ class OpenSoraModelLoader:
                            "diffusers-style folder in models/opensora."}),
             "dtype": (DTYPE_CHOICES, {
                 "default": "auto",
-                "tooltip": "Weight and compute precision. auto: bf16 on GPUs that support it, fp16 on older "
-                           "GPUs, fp32 on CPU."}),
+                "tooltip": "Weight and compute precision. auto: the model's own (bf16; fp16 for CogVideoX-2B) on "
+                           "GPUs that support it, fp32 on CPU."}),
+        }, "optional": {
+            "offload": (OFFLOAD_MODES, {
+                "default": "model",
+                "tooltip": "model: on the GPU only while sampling; none: stays on the GPU; sequential: blocks "
+                           "visit the GPU one at a time (CogVideoX-5B in a few GB, slower)."}),
         }}
 
-    def load(self, model_name, dtype):
+    def load(self, model_name, dtype, offload="model"):
         path = resolve_model_path("OpenSoraModelLoader", "model_name", "diffusion_models", model_name)
-        return (_load("OpenSoraModelLoader", "model_name", pipeline.load_diffusion_model, path, dtype),)
+        return (_load("OpenSoraModelLoader", "model_name", pipeline.load_diffusion_model, path, dtype, offload),)
 
 
 class OpenSoraVAELoader:

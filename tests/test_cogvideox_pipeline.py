@@ -111,3 +111,37 @@ def test_video_to_video_keeps_the_input_at_denoise_zero(tiny):
     assert torch.equal(same["samples"], enc["samples"])
     half = pipeline.sample(model, cond, enc, 1, 4, 5.0, "ddim", 0.5, 8)
     assert half["samples"].shape == enc["samples"].shape and torch.isfinite(half["samples"]).all()
+
+
+def test_offload_modes_give_the_same_result(tiny):
+    folders, cond = tiny
+    vae = pipeline.load_vae(folders["5b"], "fp32")
+    lat = pipeline.empty_latent(vae, "custom", "1:1", 64, 64, 17, 1)
+    outs = []
+    for mode in ("model", "none", "sequential"):
+        model = pipeline.load_diffusion_model(folders["5b"], "fp32", mode)
+        outs.append(pipeline.sample(model, cond, lat, 2, 2, 5.0, "dpm", 1.0, 8)["samples"])
+        assert all(p.device.type == "cpu" for p in model.net.parameters())
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    with pytest.raises(pipeline.ModelLoadError, match="CogVideoX 1.5 does not run in fp16"):
+        pipeline.load_diffusion_model(folders["1.5"], "fp16")
+
+
+def test_sequential_offload_moves_one_block_at_a_time(tiny):
+    """The hook path, exercised on CPU by naming the offload device differently ('cpu:0' vs 'cpu')."""
+    from comfyui_opensora.models import offload
+
+    folders, cond = tiny
+    model = pipeline.load_diffusion_model(folders["5b"], "fp32")
+    x = torch.randn(2, 5, 16, 8, 8)
+    text = torch.randn(2, 226, 32)
+    t = torch.tensor([500, 500])
+    with torch.no_grad():
+        want = model.net(x, text, t)
+        seen = []
+        for blk in model.net.transformer_blocks:
+            blk.register_forward_pre_hook(lambda m, a: seen.append(("in", id(m))))
+        with offload.on_device(model.net, "sequential", torch.device("cpu"), torch.device("cpu", 0)) as net:
+            got = net(x, text, t)
+    assert torch.equal(got, want)
+    assert len(seen) == len(model.net.transformer_blocks)
