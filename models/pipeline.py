@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import comfy_adapter
-from . import checkpoint, devices, mask_strategy, noise as noise_mod, offload, rflow
+from . import checkpoint, devices, mask_strategy, noise as noise_mod, offload, rflow, tiling
 from .cogvideox import loading as cogvideox_loading, run as cogvideox_run, sat as cogvideox_sat
 from .opensora import buckets, stdit3, vae_v1_2
 from .text_encoders import T5_MAX_LENGTH, TextEncoderError, clean_caption, load_t5, t5_encode
@@ -451,11 +451,19 @@ def decode(vae: VideoVAE, latent: dict, temporal_chunk: int = 0, temporal_overla
                          "decode with the VAE the latent was made with")
     net = vae.net.to(vae.device)
     if vae.family == "cogvideox":
+        # Temporal chunks carry the conv cache, so they need no overlap; the chunk size (2 latents in the
+        # reference) sets GroupNorm's statistics, so 0 keeps the reference's. Spatial tiles are blended.
+        batch = temporal_chunk or 2
         try:
             z = latent["samples"].to(vae.device, vae.dtype)
-            bar = comfy_adapter.Progress(len(net.chunks(z.shape[2], 2)), desc="decoding")
+            if spatial_tile:
+                r = vae.spatial_ratio
+                tiles = tiling.tiled_2d(lambda t: torch.cat(list(net.decode_chunks(t, batch)), dim=2),
+                                        spatial_tile // r, max(0, spatial_overlap // r), r)
+                return tiles(z).float().cpu()
+            bar = comfy_adapter.Progress(len(net.chunks(z.shape[2], batch)), desc="decoding")
             frames = []
-            for i, chunk in enumerate(net.decode_chunks(z)):
+            for i, chunk in enumerate(net.decode_chunks(z, batch)):
                 frames.append(chunk.float().cpu())
                 bar.update_absolute(i + 1)
             return torch.cat(frames, dim=2)

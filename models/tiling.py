@@ -19,8 +19,8 @@ def _ramp(n: int, overlap: int, at_start: bool, at_end: bool, device) -> torch.T
 
 
 def tiled_2d(fn, tile: int, overlap: int, ratio: int):
-    """Wrap fn: z [N,C,h,w] -> x [N,C',h*ratio,w*ratio] to run on tiles of `tile` latent pixels sharing
-    `overlap` latent pixels, blended with linear weights."""
+    """Wrap fn: z [..., h, w] -> x [..., h*ratio, w*ratio] (leading axes may change, e.g. frames) to run on
+    tiles of `tile` latent pixels sharing `overlap` latent pixels, blended with linear weights."""
     tile = max(tile, 1)
     overlap = min(overlap, tile - 1) if tile > 1 else 0
 
@@ -32,21 +32,22 @@ def tiled_2d(fn, tile: int, overlap: int, ratio: int):
         return sorted(set(out))
 
     def run(z):
-        n, _, h, w = z.shape
+        """z [..., h, w] (any leading axes: batch, channels, frames) -> fn's output, blended."""
+        h, w = z.shape[-2:]
         out = weight = None
         for y0 in starts(h):
             for x0 in starts(w):
                 th, tw = min(tile, h - y0), min(tile, w - x0)
-                piece = fn(z[:, :, y0:y0 + th, x0:x0 + tw]).float()
+                piece = fn(z[..., y0:y0 + th, x0:x0 + tw]).float()
                 if out is None:
-                    out = torch.zeros(n, piece.shape[1], h * ratio, w * ratio, device=piece.device)
-                    weight = torch.zeros(1, 1, h * ratio, w * ratio, device=piece.device)
+                    out = torch.zeros(*piece.shape[:-2], h * ratio, w * ratio, device=piece.device)
+                    weight = torch.zeros(h * ratio, w * ratio, device=piece.device)
                 wy = _ramp(th * ratio, overlap * ratio, y0 == 0, y0 + th >= h, piece.device)
                 wx = _ramp(tw * ratio, overlap * ratio, x0 == 0, x0 + tw >= w, piece.device)
                 wt = wy[:, None] * wx[None, :]
                 ys, xs = slice(y0 * ratio, (y0 + th) * ratio), slice(x0 * ratio, (x0 + tw) * ratio)
-                out[:, :, ys, xs] += piece * wt
-                weight[:, :, ys, xs] += wt
+                out[..., ys, xs] += piece * wt
+                weight[ys, xs] += wt
         return out / weight
 
     return run

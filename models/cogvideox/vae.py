@@ -210,11 +210,11 @@ class CogVideoXVAE(nn.Module):
         mean, logvar = h.chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
-    def decode_chunks(self, z):
+    def decode_chunks(self, z, latents_per_chunk: int = DECODE_LATENTS):
         """Yield frames chunk by chunk for a raw latent z (already divided by the scaling factor)."""
         self._clear_cache()
         try:
-            for a, b in self.chunks(z.shape[2], DECODE_LATENTS):
+            for a, b in self.chunks(z.shape[2], latents_per_chunk):
                 yield self.decoder(z[:, :, a:b])
         finally:
             self._clear_cache()
