@@ -77,3 +77,16 @@ def detect_family(sd: dict) -> str:
     if has("shared.weight") or has("encoder.embed_tokens.weight"):
         return "t5"
     return "unknown"
+
+
+def build_strict(make, sd: dict, what: str):
+    """Construct a model on the meta device with `make()` and load `sd` into it strictly (every key both ways,
+    tensors adopted without a copy). The error names `what` the checkpoint failed to be."""
+    import torch
+
+    with torch.device("meta"):
+        model = make()
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(f"the checkpoint does not match {what}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model

@@ -387,7 +387,7 @@ def sample(model: DiffusionModel, positive: dict, latent: dict, seed: int, steps
         z = torch.where(free[:, None, :, None, None], x0, z)
         mask = torch.where(free, torch.full_like(mask, denoise), mask)
 
-    device, dtype = model.device, model.dtype
+    device = model.device
     timesteps = rflow.get_timesteps(steps, b, info["height"], info["width"], info["num_frames"], device=device)
     kwargs = {"height": torch.full((b,), float(info["height"]), device=device),
               "width": torch.full((b,), float(info["width"]), device=device),

@@ -4,7 +4,6 @@ diffusers-format weights load unchanged. Used by Open-Sora 1.0/1.1 directly and 
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn

@@ -1,5 +1,4 @@
 """The headless executor against ComfyUI's execution semantics, with small test nodes."""
-import math
 
 import pytest
 import torch

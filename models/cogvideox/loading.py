@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 import os
 
-import torch
 
-from ..checkpoint import load_state_dict_file
+from ..checkpoint import build_strict, load_state_dict_file
 from .transformer import CogVideoXTransformer3D
 from .vae import CogVideoXVAE, SCALING
 
@@ -83,15 +82,9 @@ def read_transformer(path: str):
 
 
 def build_transformer(sd: dict, config: dict) -> CogVideoXTransformer3D:
-    with torch.device("meta"):
-        model = CogVideoXTransformer3D(**config)
     if not config.get("use_learned_positional_embeddings"):
         sd = {k: v for k, v in sd.items() if k != "patch_embed.pos_embedding"}  # 2B's table is recomputed
-    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
-    if missing or unexpected:
-        raise ValueError(f"the checkpoint does not match CogVideoX {variant_of(config)}: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    return model
+    return build_strict(lambda: CogVideoXTransformer3D(**config), sd, f"CogVideoX {variant_of(config)}")
 
 
 def read_vae(path: str):
@@ -117,12 +110,7 @@ def vae_config(sd: dict) -> dict:
 
 
 def build_vae(sd: dict, config: dict) -> CogVideoXVAE:
-    with torch.device("meta"):
-        model = CogVideoXVAE(**config)
-    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
-    if missing or unexpected:
-        raise ValueError(f"the checkpoint does not match the CogVideoX VAE: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    model = build_strict(lambda: CogVideoXVAE(**config), sd, "the CogVideoX VAE")
     model.scaling_factor = config.get("scaling_factor")
     model.invert_scale_latents = bool(config.get("invert_scale_latents", False))
     return model

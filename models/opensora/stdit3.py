@@ -10,6 +10,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ..checkpoint import build_strict
 from ..layers import (Mlp, PatchEmbed3D, RMSNorm, SizeEmbedder, TimestepEmbedder, attention, modulate,
                       rope_interleaved, sincos_pos_embed_2d)
 
@@ -259,9 +260,4 @@ def load_stdit3(sd: dict, model_max_length: int | None = None) -> STDiT3:
     model_max_length, the null caption is first fitted to that many tokens (PixArt-initialised files)."""
     if model_max_length is not None:
         sd = reparameter_null_caption(sd, model_max_length)
-    with torch.device("meta"):
-        model = STDiT3(**config_from_state_dict(sd))
-    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
-    if missing or unexpected:
-        raise ValueError(f"the checkpoint does not match STDiT3: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return model
+    return build_strict(lambda: STDiT3(**config_from_state_dict(sd)), sd, "STDiT3")

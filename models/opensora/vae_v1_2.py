@@ -14,6 +14,7 @@ from einops import rearrange
 from torch import nn
 
 from .. import sd_vae, tiling
+from ..checkpoint import build_strict
 
 SD_SCALE = 0.18215  # the original hard-codes SD's factor although the SDXL VAE config says 0.13025
 SHIFT = (-0.10, 0.34, 0.27, 0.98)
@@ -226,13 +227,7 @@ def load_vae_v1_2(sd: dict, micro_frame_size: int = 17) -> OpenSoraVAEv12:
     """micro_frame_size is not stored in the checkpoint: 17 for the released VAE (chunks of 5 latents)."""
     cfg = config_from_state_dict(sd)
     cfg["micro_frame_size"] = micro_frame_size
-    with torch.device("meta"):
-        model = OpenSoraVAEv12(**cfg)
-    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
-    if missing or unexpected:
-        raise ValueError(f"the checkpoint does not match Open-Sora VAE v1.2: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    return model
+    return build_strict(lambda: OpenSoraVAEv12(**cfg), sd, "Open-Sora VAE v1.2")
 
 
 def decode_tiled(model: OpenSoraVAEv12, z, num_frames: int, temporal_chunk: int = 0, temporal_overlap: int = 0,
