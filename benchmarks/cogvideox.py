@@ -98,18 +98,18 @@ def _vae_child(device, mode):
     from comfyui_opensora.models.cogvideox.vae import CogVideoXVAE
 
     torch.manual_seed(0)
-    cfg = dict(block_out_channels=[32, 64, 64, 64], latent_channels=16, layers_per_block=1, norm_num_groups=8)
-    z = torch.randn(1, 16, 13, 60, 90, device=device)  # 49 frames at 720x480
+    cfg = dict(block_out_channels=[16, 32, 32, 32], latent_channels=16, layers_per_block=1, norm_num_groups=8)
+    z = torch.randn(1, 16, 13, 30, 45, device=device)  # 49 frames at 360x240 (CPU-sized; --device cuda as well)
     if mode.startswith("diffusers"):
         vae = diffusers.AutoencoderKLCogVideoX(**cfg).to(device).eval()
-        vae.enable_tiling()
+        vae.enable_tiling(tile_sample_min_height=128, tile_sample_min_width=192)
         run = lambda: vae.decode(z).sample  # noqa: E731
     else:
         vae = CogVideoXVAE(**cfg).to(device).eval()
         if mode == "ours_tiled":
             from comfyui_opensora.models import tiling
 
-            f = tiling.tiled_2d(lambda t: torch.cat(list(vae.decode_chunks(t)), dim=2), 30, 5, 8)
+            f = tiling.tiled_2d(lambda t: torch.cat(list(vae.decode_chunks(t)), dim=2), 16, 3, 8)
             run = lambda: f(z)  # noqa: E731
         else:
             run = lambda: torch.cat([c.cpu() for c in vae.decode_chunks(z)], dim=2)  # noqa: E731
@@ -154,7 +154,7 @@ def main():
     frames, h, w = (13, 60, 90) if args.released else (5, 30, 45)
     result = {"benchmark": "cogvideox", "device": args.device, "torch": torch.__version__,
               "transformer": bench_transformer(cfg, args.device, dtype, frames, h, w, args.repeats),
-              "pipeline_tiny_3_steps": bench_pipeline(args.device, 3), "vae_decode_720x480x49": bench_vae(args.device)}
+              "pipeline_tiny_3_steps": bench_pipeline(args.device, 3), "vae_decode_360x240x49": bench_vae(args.device)}
     out = args.out or os.path.join(HERE, "results", f"cogvideox_{args.device}.json")
     with open(out, "w") as f:
         json.dump(result, f, indent=2)
