@@ -102,14 +102,15 @@ class PatchEmbed3D(nn.Module):
         return rearrange(self.proj(x), "b c t h w -> b (t h w) c")
 
 
-def sincos_pos_embed_2d(h: int, w: int, dim: int, scale: float, base_size: int, device=None) -> torch.Tensor:
+def sincos_pos_embed_2d(h: int, w: int, dim: int, scale: float, base_size: int | None, device=None) -> torch.Tensor:
     """PositionEmbedding2D [h*w, dim]: first half encodes the column (W) coordinate, second half the row;
-    each half is [sin, cos] with omega_k = 10000^(-k/(dim/4)); coordinates are i/scale * base_size/h."""
+    each half is [sin, cos] with omega_k = 10000^(-k/(dim/4)); coordinates are i/scale (* base_size/h when a
+    base size is given, as v1.1+ do; v1.0 has none)."""
     quarter = dim // 4
     inv_freq = 1.0 / (10000 ** (torch.arange(0, dim // 2, 2, device=device).float() / (dim // 2)))
     assert inv_freq.numel() == quarter
-    rows = torch.arange(h, device=device) / scale * (base_size / h)
-    cols = torch.arange(w, device=device) / scale * (base_size / w)
+    rows = torch.arange(h, device=device) / scale * (base_size / h if base_size else 1.0)
+    cols = torch.arange(w, device=device) / scale * (base_size / w if base_size else 1.0)
 
     def emb(c):
         a = c[:, None] * inv_freq[None]
@@ -129,3 +130,10 @@ def rope_interleaved(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     x1, x2 = rearrange(x, "... (d r) -> r ... d", r=2)
     rotated = rearrange(torch.stack([-x2, x1]), "r ... d -> ... (d r)")
     return (x * angles.cos() + rotated * angles.sin()).to(x.dtype)
+
+
+def sincos_pos_embed_1d(n: int, dim: int, scale: float = 1.0) -> torch.Tensor:
+    """[n, dim] = [sin | cos] of (i/scale) * 10000^(-k/(dim/2))."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
+    a = (torch.arange(n, dtype=torch.float64) / scale)[:, None] * omega[None]
+    return torch.cat([a.sin(), a.cos()], dim=1).float()
