@@ -1,4 +1,4 @@
-"""Video save / load nodes."""
+"""Video save / load nodes (the file work is in video_io, the folders and progress in comfy_adapter)."""
 from __future__ import annotations
 
 import os
@@ -10,14 +10,14 @@ NO_FILE = "none"
 
 
 class OpenSoraSaveVideo:
-    DESCRIPTION = ("Saves frames as MP4 (H.264/H.265), WebM (VP9), GIF, animated WebP or PNG frames under the "
-                   "output folder, with the prompt and workflow embedded the way ComfyUI's own savers do (drop "
-                   "the file on ComfyUI to get the workflow back). Written to a temporary name first, so a "
-                   "failure or a cancel never leaves a broken file.")
+    DESCRIPTION = ("Saves frames as MP4 (H.264/H.265), WebM (VP9), GIF, animated WebP or a folder of PNG frames "
+                   "under the output folder, with the prompt and workflow embedded the way ComfyUI's own savers "
+                   "do: drop the file on ComfyUI to get the workflow back. Written under a temporary name and "
+                   "renamed at the end, so a failure or a cancel never leaves a broken file.")
     CATEGORY = f"{CATEGORY}/video"
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("paths",)
-    OUTPUT_TOOLTIPS = ("The saved file path(s), one per line.",)
+    OUTPUT_TOOLTIPS = ("Where it was saved: the video file, or the folder of PNG frames.",)
     OUTPUT_NODE = True
     FUNCTION = "save"
 
@@ -27,62 +27,82 @@ class OpenSoraSaveVideo:
             "required": {
                 "images": ("IMAGE", {"tooltip": "Frames [T, H, W, 3] in 0..1, e.g. from OpenSora VAE Decode."}),
                 "fps": ("FLOAT", {"default": 24.0, "min": 0.01, "max": 1000.0, "step": 0.01,
-                                  "tooltip": "Frames per second of the file."}),
+                                  "tooltip": "Frames per second. GIF stores delays in 1/100 s: its rate is "
+                                             "rounded (24 plays at 25) and at most 50."}),
                 "filename_prefix": ("STRING", {"default": "OpenSora/video",
-                                               "tooltip": "Name under the output folder; may include subfolders. "
-                                                          "A counter is appended (_00001_)."}),
-                "format": (list(video_io.FORMATS), {"default": "mp4 (h264)", "tooltip": "Container and codec."}),
-                "crf": ("INT", {"default": 19, "min": 0, "max": 63,
+                                               "tooltip": "Name under the output folder; may hold subfolders. "
+                                                          "A counter is appended: <prefix>_00001_.mp4."}),
+                "format": (list(video_io.FORMATS), {"default": "mp4 (h264)",
+                                                    "tooltip": "Container and codec. mp4 (h264) plays everywhere; "
+                                                               "png (frames) is lossless, one file per frame."}),
+                "crf": ("INT", {"default": 19, "min": 0, "max": 63, "step": 1,
                                 "tooltip": "Constant quality for mp4/webm: lower is better and bigger (h264/h265 "
-                                           "take 0-51, vp9 0-63)."}),
+                                           "0-51, vp9 0-63). Ignored by gif/webp/png."}),
                 "pixel_format": (video_io.PIXEL_FORMATS, {
                     "default": "yuv420p",
-                    "tooltip": "yuv420p plays everywhere; yuv444p keeps full colour; yuv420p10le is 10-bit "
-                               "(h264/h265). Odd sizes are padded by one edge pixel for 4:2:0. Ignored by "
-                               "gif/webp/png."}),
+                    "tooltip": "yuv420p plays everywhere (odd sizes gain one repeated edge pixel). yuv444p keeps "
+                               "full colour and any size; yuv420p10le is 10-bit (h264/h265): both are better "
+                               "quality, but most browsers cannot play them. Ignored by gif/webp/png."}),
             },
             "optional": {
-                "quality": ("INT", {"default": 90, "min": 0, "max": 100, "tooltip": "WebP quality (lossy)."}),
-                "lossless": ("BOOLEAN", {"default": False, "tooltip": "Lossless WebP."}),
-                "loop_count": ("INT", {"default": 0, "min": 0, "max": 100,
-                                       "tooltip": "GIF/WebP repetitions; 0 loops forever."}),
+                "quality": ("INT", {"default": 90, "min": 0, "max": 100, "step": 1,
+                                    "tooltip": "Animated WebP quality when not lossless (higher is better)."}),
+                "lossless": ("BOOLEAN", {"default": False, "tooltip": "Lossless animated WebP (exact pixels)."}),
+                "loop_count": ("INT", {"default": 0, "min": 0, "max": 100, "step": 1,
+                                       "tooltip": "GIF/WebP: how many times to play; 0 loops forever."}),
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, format=None, pixel_format=None):
+        """Refuse an impossible format / pixel format pair before the workflow runs, not after sampling.
+        (Naming them here makes ComfyUI skip its own list check for both: check_save_options does it. crf keeps
+        ComfyUI's 0-63 check; its 51 limit for mp4 is checked when saving. A linked input arrives as None.)"""
+        if format is None or pixel_format is None:
+            return True
+        try:
+            video_io.check_save_options(format, pixel_format)
+        except video_io.VideoIOError as e:
+            return str(NodeInputError("OpenSoraSaveVideo", e.input_name, str(e), e.fix))
+        return True
+
     def save(self, images, fps, filename_prefix, format, crf, pixel_format, quality=90, lossless=False,
              loop_count=0, prompt=None, extra_pnginfo=None):
         node = "OpenSoraSaveVideo"
-        problem = video_io.check_options(format, pixel_format)
-        if problem:
-            raise NodeInputError(node, "pixel_format", problem, "pick a pixel format the format supports")
-        if format.startswith("mp4") and crf > 51:
-            raise NodeInputError(node, "crf", f"{crf} is above 51, the most h264/h265 take", "use 0-51")
-        if images.shape[0] == 0:
-            raise NodeInputError(node, "images", "no frames", "connect a node that outputs at least one frame")
+        try:
+            video_io.check_frames(images)
+            video_io.check_save_options(format, pixel_format, crf, tuple(images.shape[1:3]))
+        except video_io.VideoIOError as e:
+            raise NodeInputError(node, e.input_name, str(e), e.fix) from e
         try:
             folder, name, counter, subfolder = comfy_adapter.get_save_path(filename_prefix)
         except ValueError as e:
             raise NodeInputError(node, "filename_prefix", str(e), "use a name inside the output folder") from e
         ext = video_io.FORMATS[format][2]
         filename = f"{name}_{counter:05}_{ext}"
-        metadata = {}
-        if prompt is not None:
-            metadata["prompt"] = prompt
-        for key, value in (extra_pnginfo or {}).items():
-            metadata[key] = value
+        path = os.path.join(folder, filename)
+        metadata = {"prompt": prompt, **(extra_pnginfo or {})}  # as SaveImage: prompt, then workflow & co.
         bar = comfy_adapter.Progress(images.shape[0], desc="saving")
-        paths = video_io.write_video(os.path.join(folder, filename), images, fps, format, crf, pixel_format,
-                                     metadata, quality=quality, lossless=lossless, loop=loop_count,
-                                     progress=bar.update_absolute)
+        try:
+            files = video_io.write_video(path, images, fps, format, crf, pixel_format, metadata, quality=quality,
+                                         lossless=lossless, loop=loop_count, progress=bar.update_absolute)
+        except video_io.VideoIOError as e:
+            raise NodeInputError(node, e.input_name or "images", str(e), e.fix or "check the inputs") from e
+        finally:
+            bar.close()
+        subfolder = subfolder.replace(os.sep, "/")
         if format == "png (frames)":
-            sub = os.path.join(subfolder, filename).replace(os.sep, "/")
-            previews = [{"filename": os.path.basename(p), "subfolder": sub, "type": "output"} for p in paths]
-            ui = {"images": previews}
+            frames_dir = f"{subfolder}/{filename}" if subfolder else filename
+            ui = {"images": [{"filename": os.path.basename(f), "subfolder": frames_dir, "type": "output"}
+                             for f in files]}
         else:
-            ui = {"images": [{"filename": filename, "subfolder": subfolder.replace(os.sep, "/"), "type": "output"}],
-                  "animated": [True]}
-        return {"ui": ui, "result": ("\n".join(paths),)}
+            ui = {"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}]}
+            # `animated` makes the frontend show a <video>, except for .webp/.png names (animated images);
+            # a GIF needs an <img>, so it goes without the flag, like a still image.
+            if format != "gif":
+                ui["animated"] = [True]
+        return {"ui": ui, "result": (path,)}
 
 
 def _input_videos() -> list[str]:
@@ -94,20 +114,34 @@ def _input_videos() -> list[str]:
                   and os.path.isfile(os.path.join(root, f)))
 
 
-def _resolve(video: str, path: str) -> str:
+def _source(video, path) -> tuple[str, str]:
+    """(input name, file): `path` when set, else the `video` file of the input folder."""
     if path and path.strip():
-        return os.path.abspath(os.path.expanduser(path.strip()))
-    return os.path.join(comfy_adapter.input_directory(), video)
+        return "path", os.path.abspath(os.path.expanduser(path.strip()))
+    return "video", os.path.join(comfy_adapter.input_directory(), video or "")
+
+
+def _check_source(video, path) -> tuple[str, str]:
+    name, target = _source(video, path)
+    if name == "video" and video == NO_FILE:
+        raise NodeInputError("OpenSoraLoadVideo", "video", "no file chosen",
+                             "pick a video (or upload one), or set 'path'")
+    if not os.path.exists(target):
+        raise NodeInputError("OpenSoraLoadVideo", name, f"file not found: {target}",
+                             "put the file in ComfyUI's input folder and pick it, or give an existing 'path'"
+                             if name == "video" else "give the path of an existing video file or PNG-frame folder")
+    return name, target
 
 
 class OpenSoraLoadVideo:
-    DESCRIPTION = ("Loads a video (mp4, webm, mkv, mov, gif, webp, or a folder of PNG frames) or a single image "
-                   "(png, jpg: one frame, e.g. an image-to-video reference) as IMAGE frames, "
-                   "decoding as it goes so memory holds only the frames kept.")
+    DESCRIPTION = ("Loads a video (mp4, webm, mkv, mov, gif, webp, or a folder of PNG frames such as OpenSora Save "
+                   "Video writes) or a single image (png, jpg: one frame, e.g. an image-to-video reference) as "
+                   "IMAGE frames. Decodes as it goes, so memory holds only the frames kept.")
     CATEGORY = f"{CATEGORY}/video"
     RETURN_TYPES = ("IMAGE", "FLOAT", "INT")
     RETURN_NAMES = ("images", "fps", "frame_count")
-    OUTPUT_TOOLTIPS = ("Frames [T, H, W, 3] in 0..1.", "Frame rate of the returned frames.",
+    OUTPUT_TOOLTIPS = ("Frames [T, H, W, 3] in 0..1.",
+                       "Frame rate of the returned frames (the file's, or force_fps, divided by select_every_nth).",
                        "Number of frames returned.")
     FUNCTION = "load"
 
@@ -116,57 +150,70 @@ class OpenSoraLoadVideo:
         return {
             "required": {
                 "video": ([NO_FILE] + _input_videos(), {"video_upload": True,
-                                                        "tooltip": "A video in ComfyUI's input folder."}),
-                "frame_cap": ("INT", {"default": 0, "min": 0, "max": 100000,
-                                      "tooltip": "Most frames returned; 0 = all."}),
-                "skip_first": ("INT", {"default": 0, "min": 0, "max": 100000,
-                                       "tooltip": "Frames skipped at the start."}),
-                "select_every_nth": ("INT", {"default": 1, "min": 1, "max": 1000,
-                                             "tooltip": "Keep one frame in n (stride)."}),
-                "resize": (["none", "crop to size", "stretch to size", "shorter side"], {
+                                                        "tooltip": "A video in ComfyUI's input folder (upload "
+                                                                   "one here). Ignored when 'path' is set."}),
+                "frame_cap": ("INT", {"default": 0, "min": 0, "max": 100000, "step": 1,
+                                      "tooltip": "Most frames returned; 0 = all. Decoding stops there."}),
+                "skip_first": ("INT", {"default": 0, "min": 0, "max": 100000, "step": 1,
+                                       "tooltip": "Frames skipped at the start (counted after force_fps)."}),
+                "select_every_nth": ("INT", {"default": 1, "min": 1, "max": 1000, "step": 1,
+                                             "tooltip": "Keep one frame in n (stride); the fps output is "
+                                                        "divided by n."}),
+                "resize": (video_io.RESIZE_MODES, {
                     "default": "none",
-                    "tooltip": "crop to size: fill width x height and center-crop; stretch to size: exact "
-                               "size; shorter side: scale so the shorter side is `height`."}),
+                    "tooltip": "crop to size: fill width x height and cut the overflow from the centre; stretch "
+                               "to size: exactly width x height; shorter side: scale so the shorter side is "
+                               "'height' (aspect kept)."}),
                 "width": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 8,
-                                  "tooltip": "Target width for the crop/stretch resize."}),
+                                  "tooltip": "Target width for 'crop to size' / 'stretch to size'."}),
                 "height": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 8,
-                                   "tooltip": "Target height (or shorter side) for the resize."}),
+                                   "tooltip": "Target height, or the shorter side for 'shorter side'."}),
             },
             "optional": {
                 "path": ("STRING", {"default": "",
-                                    "tooltip": "A file or PNG-frame folder anywhere; overrides `video` when set."}),
+                                    "tooltip": "A video file or PNG-frame folder anywhere (absolute, or relative "
+                                               "to the working directory); overrides 'video' when set."}),
                 "force_fps": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 240.0, "step": 0.01,
-                                        "tooltip": "Resample to this frame rate by dropping frames; 0 = keep."}),
+                                        "tooltip": "Resample to this frame rate by dropping or repeating frames "
+                                                   "by their timestamps; 0 keeps the file's frames."}),
             },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, video, path=""):
-        target = _resolve(video, path)
-        if (not path or not path.strip()) and video == NO_FILE:
-            return "OpenSoraLoadVideo: input 'video': no file chosen. Fix: pick a video or set 'path'"
-        if not os.path.exists(target):
-            return f"OpenSoraLoadVideo: input 'video': file not found: {target}. Fix: put it in the input folder " \
-                   f"or give an existing 'path'"
+    def VALIDATE_INPUTS(cls, video=None, path=""):
+        if video is None or path is None:  # a linked input: known only when the workflow runs
+            return True
+        try:
+            _check_source(video, path)
+        except NodeInputError as e:
+            return str(e)
         return True
 
     @classmethod
-    def IS_CHANGED(cls, video, path="", **_):
-        target = _resolve(video, path)
+    def IS_CHANGED(cls, video=None, path="", **_):
+        """Re-run when the file changes (mtime, size); a linked path is followed by its upstream node."""
+        if video is None or path is None:
+            return ""
+        _, target = _source(video, path)
         try:
             st = os.stat(target)
-            return f"{target}:{st.st_mtime_ns}:{st.st_size}"
         except OSError:
             return float("nan")
+        return f"{target}:{st.st_mtime_ns}:{st.st_size}"
 
     def load(self, video, frame_cap, skip_first, select_every_nth, resize, width, height, path="", force_fps=0.0):
-        target = _resolve(video, path)
+        node = "OpenSoraLoadVideo"
+        try:
+            video_io.check_load_options(frame_cap, skip_first, select_every_nth, resize, width, height, force_fps)
+        except video_io.VideoIOError as e:
+            raise NodeInputError(node, e.input_name, str(e), e.fix) from e
+        source, target = _check_source(video, path)
         try:
             loaded = video_io.read_video(target, frame_cap, skip_first, select_every_nth, resize, width, height,
-                                         force_fps)
+                                         force_fps, progress=lambda kept: comfy_adapter.check_interrupt())
         except video_io.VideoIOError as e:
-            raise NodeInputError("OpenSoraLoadVideo", "path" if path else "video", str(e),
-                                 "check the file and the frame options") from e
+            raise NodeInputError(node, e.input_name or source, str(e),
+                                 e.fix or "choose a video file ffmpeg can read, or a folder of PNG frames") from e
         return (loaded.frames, loaded.fps, int(loaded.frames.shape[0]))
 
 
