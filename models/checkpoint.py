@@ -1,48 +1,99 @@
-"""Reading checkpoints and telling what they are from their tensors (never from the file name)."""
+"""Reading checkpoints and telling what they are from their tensors (never from the file name).
+
+Layouts handled:
+* `.safetensors` / `.sft`; pickled `.pt` / `.pth` / `.bin` / `.ckpt` read with torch.load(weights_only=True), so
+  no code in the file runs; a folder of weight files (diffusers style).
+* Training wrappers: {"ema": sd} (Open-Sora's ema.pt saves the EMA weights flat, but other trainers nest them),
+  {"model": sd}, {"state_dict": sd} (PixArt .pth), {"module": sd} (DeepSpeed), DDP's "module." and
+  torch.compile's "_orig_mod." key prefixes. When several are present the EMA weights are taken: they are the
+  ones released for inference.
+* Open-Sora 1.2 STDiT3 specifics (`normalize_stdit3`, `fit_null_caption`), as the original's
+  `ckpt_utils.reparameter` applies them on load: PixArt-initialised files name the spatial blocks `blocks.N`
+  and carry a 2D patch-embedding kernel and a `pos_embed` table; a null caption of another length is extended
+  by repeating its last row or truncated.
+"""
 from __future__ import annotations
 
 import os
 
 import torch
 
-WRAPPERS = ("state_dict", "model", "module", "ema", "model_ema")
+# Preferred first: EMA weights are what the trainers release for inference.
+WRAPPERS = ("ema", "model_ema", "state_dict", "model", "module")
+KEY_PREFIXES = ("module.", "_orig_mod.")
+SAFETENSORS = (".safetensors", ".sft")
+PICKLES = (".pt", ".pth", ".bin", ".ckpt")
+
+FAMILY_NAMES = {
+    "stdit3": "an Open-Sora 1.2 STDiT3 diffusion transformer", "stdit2": "an Open-Sora 1.1 STDiT2 transformer",
+    "stdit": "an Open-Sora 1.0 STDiT transformer", "pixart": "a PixArt image transformer",
+    "mmdit": "an Open-Sora 2.0 MMDiT transformer", "cogvideox": "a CogVideoX transformer (diffusers)",
+    "cogvideox_sat": "a CogVideoX transformer (SAT)", "opensora_vae_v1_2": "the Open-Sora 1.2 VAE",
+    "opensora_vae_v1_3": "the Open-Sora 1.3 VAE", "hunyuan_vae": "the HunyuanVideo VAE", "dc_ae": "a Video DC-AE",
+    "cogvideox_vae": "the CogVideoX VAE (diffusers)", "cogvideox_vae_sat": "the CogVideoX VAE (SAT)",
+    "sd_vae": "an image (SD) VAE", "t5": "a T5 text encoder", "unknown": "no checkpoint family this pack knows",
+}
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Reading files
+# --------------------------------------------------------------------------------------------------------------
 def load_state_dict_file(path: str) -> dict:
-    """A flat {key: tensor} from .safetensors / .pt / .pth / .bin / .ckpt, or a diffusers-style folder.
-
-    Pickled files are read with weights_only=True (no code runs). Training wrappers ('state_dict', 'model',
-    'ema', DDP's 'module.' prefix) are unwrapped.
-    """
+    """A flat {key: tensor} from a weight file or a folder of them; wrappers and key prefixes removed."""
     if os.path.isdir(path):
-        files = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".bin", ".pth", ".pt")))
-        if not files:
-            raise ValueError(f"{path} is a folder without weight files")
-        sd = {}
-        for f in files:
-            sd.update(load_state_dict_file(os.path.join(path, f)))
-        return sd
-    if path.endswith((".safetensors", ".sft")):
+        return _load_folder(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext in SAFETENSORS:
         from safetensors.torch import load_file
 
-        return load_file(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    while isinstance(obj, dict) and not any(torch.is_tensor(v) for v in obj.values()):
-        key = next((k for k in WRAPPERS if k in obj), None)
-        if key is None:
-            break
+        try:
+            return load_file(path)
+        except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad header
+            raise ValueError(f"'{path}' is not a readable safetensors file ({e}); it may be truncated or "
+                             f"not a checkpoint") from e
+    if ext not in PICKLES:
+        raise ValueError(f"'{path}': unsupported checkpoint format '{ext}' (use {', '.join(SAFETENSORS + PICKLES)})")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"'{path}' is not a readable PyTorch checkpoint ({e}); only files holding plain tensors "
+                         f"are read (weights_only), convert others to .safetensors") from e
+    return unwrap_state_dict(obj, path)
+
+
+def _load_folder(path: str) -> dict:
+    files = sorted(f for f in os.listdir(path) if f.lower().endswith(SAFETENSORS + PICKLES))
+    # Hugging Face folders often hold the same weights twice (.safetensors and .bin): read the safetensors only.
+    if any(f.lower().endswith(SAFETENSORS) for f in files):
+        files = [f for f in files if f.lower().endswith(SAFETENSORS)]
+    if not files:
+        raise ValueError(f"'{path}' is a folder without weight files ({', '.join(SAFETENSORS + PICKLES)})")
+    sd = {}
+    for f in files:
+        sd.update(load_state_dict_file(os.path.join(path, f)))
+    return sd
+
+
+def unwrap_state_dict(obj, where: str = "checkpoint") -> dict:
+    """Descend through training wrappers to the tensors, then strip DDP / torch.compile key prefixes."""
+    # A wrapper key holding a dict is never a weight (weights are tensors), even next to tensors like `step`.
+    while isinstance(obj, dict) and (key := next((k for k in WRAPPERS if isinstance(obj.get(k), dict)), None)):
         obj = obj[key]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} does not hold a state dict")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return {k: v for k, v in obj.items() if torch.is_tensor(v)}
+    if not isinstance(obj, dict) or not any(torch.is_tensor(v) for v in obj.values()):
+        raise ValueError(f"'{where}' does not hold a state dict (no tensors under {', '.join(WRAPPERS)})")
+    sd = {k: v for k, v in obj.items() if torch.is_tensor(v)}
+    for prefix in KEY_PREFIXES:
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
 
 
+# --------------------------------------------------------------------------------------------------------------
+# What a state dict is
+# --------------------------------------------------------------------------------------------------------------
 def detect_family(sd: dict) -> str:
-    """What a state dict is, from its keys: 'stdit3', 'stdit2', 'stdit', 'mmdit', 'cogvideox',
-    'opensora_vae_v1_2', 'opensora_vae_v1_3', 'hunyuan_vae', 'dc_ae', 'cogvideox_vae', 'sd_vae', 't5',
-    or 'unknown'."""
+    """What a state dict is, from its key names (see shared/specs/opensora_keys and the CogVideoX key lists):
+    one of FAMILY_NAMES' keys, 'unknown' when nothing fits."""
     keys = set(sd)
 
     def has(*names):
@@ -51,10 +102,12 @@ def detect_family(sd: dict) -> str:
     def prefix(p):
         return any(k.startswith(p) for k in keys)
 
-    if has("y_embedder.y_embedding") and prefix("spatial_blocks.") and prefix("temporal_blocks."):
-        return "stdit3"
-    if prefix("blocks.") and has("y_embedder.y_embedding") and prefix("blocks.0.attn_temp"):
+    if prefix("spatial_blocks.") and prefix("temporal_blocks."):
+        return "stdit3"  # v1.2 and v1.3 (the latter adds x_embedder_cond*; load_stdit3 says it is not supported)
+    if prefix("blocks.") and prefix("blocks.0.attn_temp"):
         return "stdit2" if prefix("fps_embedder.") or has("rope.freqs") else "stdit"
+    if prefix("blocks.") and has("y_embedder.y_embedding", "x_embedder.proj.weight"):
+        return "pixart"  # the image model STDiT3 training starts from (its spatial blocks)
     if prefix("double_blocks.") and prefix("single_blocks."):
         return "mmdit"
     if prefix("transformer_blocks.") and prefix("patch_embed.") and prefix("norm_final"):
@@ -79,14 +132,95 @@ def detect_family(sd: dict) -> str:
     return "unknown"
 
 
-def build_strict(make, sd: dict, what: str):
-    """Construct a model on the meta device with `make()` and load `sd` into it strictly (every key both ways,
-    tensors adopted without a copy). The error names `what` the checkpoint failed to be."""
-    import torch
+def check_family(sd: dict, expected: tuple[str, ...], what: str) -> str:
+    """The detected family, or a ValueError that names what was expected and what the keys look like."""
+    found = detect_family(sd)
+    if found not in expected:
+        raise ValueError(f"expected {what} checkpoint (family '{expected[0]}'), but its keys look like "
+                         f"{FAMILY_NAMES.get(found, found)} ('{found}')")
+    return found
 
+
+# --------------------------------------------------------------------------------------------------------------
+# Open-Sora 1.2 STDiT3
+# --------------------------------------------------------------------------------------------------------------
+def normalize_stdit3(sd: dict) -> dict:
+    """A new dict in the released STDiT3 key layout (tensors shared, not copied).
+
+    What ckpt_utils.reparameter does for STDiT3: drop the fixed `pos_embed` / `pos_embed_temporal` tables that
+    PixArt / STDiT files carry (STDiT3 computes its position embedding per call); rename a PixArt-initialised
+    file's `blocks.N` to `spatial_blocks.N`; give a PixArt 2D patch kernel [C, in, 2, 2] its time axis.
+    Released files (model.safetensors) and training ema.pt files already have the released layout.
+    """
+    sd = {k: v for k, v in sd.items() if k not in ("pos_embed", "pos_embed_temporal")}
+    if not any(k.startswith("spatial_blocks.") for k in sd):
+        sd = {("spatial_" + k if k.startswith("blocks.") else k): v for k, v in sd.items()}
+    w = sd.get("x_embedder.proj.weight")
+    if w is not None and w.ndim == 4:
+        sd["x_embedder.proj.weight"] = w.unsqueeze(2)
+    return sd
+
+
+def fit_null_caption(sd: dict, length: int) -> dict:
+    """Fit y_embedder.y_embedding to `length` tokens as the original's loading does: repeat the last row, or
+    truncate. PixArt-alpha-initialised files carry 120 rows, the released v1.2 model 300."""
+    y = sd.get("y_embedder.y_embedding")
+    if y is None or y.shape[0] == length:
+        return sd
+    if y.shape[0] < length:
+        y = torch.cat([y, y[-1:].expand(length - y.shape[0], -1)])
+    return {**sd, "y_embedder.y_embedding": y[:length]}
+
+
+def config_from_state_dict(sd: dict) -> dict:
+    """STDiT3 constructor arguments read off a (released-layout) state dict's shapes.
+
+    The head count is not stored: the head dim is read from the qk-norm weight, else from rope.freqs (half the
+    head dim), else the released 72 is assumed.
+    """
+    try:
+        patch_w = sd["x_embedder.proj.weight"]
+        hidden, in_ch, patch = patch_w.shape[0], patch_w.shape[1], tuple(patch_w.shape[2:])
+        qk_norm = "spatial_blocks.0.attn.q_norm.weight" in sd
+        if qk_norm:
+            head_dim = sd["spatial_blocks.0.attn.q_norm.weight"].shape[0]
+        elif "rope.freqs" in sd:
+            head_dim = 2 * sd["rope.freqs"].shape[0]
+        else:
+            head_dim = 72
+        out_ch = sd["final_layer.linear.weight"].shape[0] // (patch[0] * patch[1] * patch[2])
+        y_embedding = sd["y_embedder.y_embedding"]
+        depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("spatial_blocks."))
+        mlp_hidden = sd["spatial_blocks.0.mlp.fc1.weight"].shape[0]
+    except KeyError as e:
+        raise ValueError(f"not an STDiT3 state dict: it has no {e} tensor") from e
+    return dict(hidden_size=hidden, depth=depth, num_heads=hidden // head_dim, patch_size=patch, in_channels=in_ch,
+                caption_channels=y_embedding.shape[1], model_max_length=y_embedding.shape[0], qk_norm=qk_norm,
+                pred_sigma=out_ch == 2 * in_ch, mlp_ratio=mlp_hidden / hidden)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Strict loading
+# --------------------------------------------------------------------------------------------------------------
+def _key_list(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{len(keys)} ({shown}{', ...' if len(keys) > limit else ''})"
+
+
+def build_strict(make, sd: dict, what: str):
+    """Construct a model on the meta device with `make()` and load `sd` into it strictly: every key both ways,
+    every shape; the tensors are adopted without a copy (no second model-sized allocation). The ValueError
+    names `what` the checkpoint failed to be and lists the missing / unexpected / mis-shaped keys."""
     with torch.device("meta"):
         model = make()
-    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
-    if missing or unexpected:
-        raise ValueError(f"the checkpoint does not match {what}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+             if k in sd and sd[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = [f"{name} keys: {_key_list(keys)}" for name, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("mis-shaped", wrong)) if keys]
+        raise ValueError(f"the checkpoint does not match {what}: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True, assign=True)
     return model

@@ -1,4 +1,8 @@
-"""Building blocks shared by the diffusion transformers (Open-Sora STDiT family; reused by later families)."""
+"""Building blocks shared by the diffusion transformers (Open-Sora STDiT family; reused by later families).
+
+Numerics follow Open-Sora v1.2.0 `opensora/models/layers/blocks.py` (PixArt-derived) and rotary_embedding_torch
+0.5.3, including the dtypes each step runs in, so that a bf16 model rounds where the original rounds.
+"""
 from __future__ import annotations
 
 import math
@@ -9,18 +13,28 @@ from einops import rearrange
 from torch import nn
 
 # "sdpa": torch's fused scaled_dot_product_attention (flash / memory-efficient kernels where available);
-# "math": the textbook softmax(QK^T)V, kept as the reference the golden tests can compare SDPA against.
+# "math": the original's manual path (scaled q @ k^T, softmax in fp32, cast back, @ v), the reference that
+# SDPA is tested against.
 ATTENTION_BACKEND = {"name": "sdpa"}
 
 
 def attention(q, k, v, mask=None):
-    """q [B,H,N,D], k/v [B,H,M,D]; mask broadcastable to [B,H,N,M], True = attend."""
+    """q [..., N, D], k/v [..., M, D] (usually [B, heads, tokens, head_dim]); mask broadcastable to
+    [..., N, M], True = attend. Scale D^-0.5."""
     if ATTENTION_BACKEND["name"] == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     return scores.float().softmax(-1).to(q.dtype) @ v
+
+
+def randn_init(*shape: int, divisor: float = 1.0) -> torch.Tensor:
+    """torch.randn(shape) / divisor, PixArt's init of adaLN tables and of the null caption. On the meta device
+    (where build_strict constructs models that the checkpoint then fills) nothing is drawn: meta arithmetic
+    first imports torch._dynamo, seconds at every first model load."""
+    t = torch.empty(shape)
+    return t if t.is_meta else torch.randn(shape) / divisor
 
 
 def modulate(x, shift, scale):
@@ -28,8 +42,33 @@ def modulate(x, shift, scale):
     return x * (1 + scale) + shift
 
 
+def adaln_params(table, t_vec, x_mask=None, t0_vec=None):
+    """The adaLN vectors of a block, one [B, T or 1, 1, C] tensor per row of `table` [n, C], ready to broadcast
+    over tokens laid out [B, T, S, C].
+
+    t_vec [B, n*C] is t_block(t). With x_mask [B, T] (False = conditioned frame), frames whose mask is False take
+    their vectors from t0_vec (the timestep-0 embedding) instead. Picking the vectors per frame is, element for
+    element, what the original does by computing both branches on every token and selecting per frame
+    (t_mask_select), without the second full-size activation.
+    """
+    mods = table[None] + rearrange(t_vec, "b (n c) -> b n c", n=table.shape[0])
+    if x_mask is None:
+        mods = mods[:, None]
+    else:
+        mods0 = table[None] + rearrange(t0_vec, "b (n c) -> b n c", n=table.shape[0])
+        mods = torch.where(x_mask[:, :, None, None], mods[:, None], mods0[:, None])
+    return rearrange(mods, "b t n c -> n b t 1 c").unbind(0)
+
+
+def frame_select(x_mask, x, x0, T: int, S: int):
+    """Per frame: x where x_mask [B, T] is True, x0 where it is False. x, x0: [B, T*S, C]."""
+    x = rearrange(x, "b (t s) c -> b t s c", t=T, s=S)
+    x0 = rearrange(x0, "b (t s) c -> b t s c", t=T, s=S)
+    return rearrange(torch.where(x_mask[:, :, None, None], x, x0), "b t s c -> b (t s) c")
+
+
 class RMSNorm(nn.Module):
-    """LlamaRMSNorm: normalise in fp32, cast back, then scale."""
+    """LlamaRMSNorm: normalise in fp32, cast back to the input dtype, then scale by the weight."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -37,14 +76,16 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        return self.weight * x32.to(x.dtype)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Embeddings
+# --------------------------------------------------------------------------------------------------------------
 def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding [cos, sin] of raw timestep values (fp32)."""
+    """Sinusoidal embedding [cos, sin] of raw timestep values, computed in fp32 (GLIDE / DiT)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
@@ -52,7 +93,7 @@ def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 1000
 
 
 class TimestepEmbedder(nn.Module):
-    """sinusoid(256) -> Linear -> SiLU -> Linear; keys mlp.0 / mlp.2."""
+    """sinusoid(256) -> Linear -> SiLU -> Linear; keys mlp.0 / mlp.2. The sinusoid is cast to `dtype` first."""
 
     def __init__(self, hidden: int, freq_dim: int = 256):
         super().__init__()
@@ -64,15 +105,16 @@ class TimestepEmbedder(nn.Module):
 
 
 class SizeEmbedder(TimestepEmbedder):
-    """The timestep embedder applied to each column of a [B, d] condition (fps, size, ...), concatenated."""
+    """The timestep embedder applied to each column of a [B, d] condition (fps, size, ...); the d embeddings
+    are concatenated to [B, d*C]. A condition with fewer rows than the batch is tiled."""
 
     def forward(self, s, batch: int, dtype):
         if s.ndim == 1:
             s = s[:, None]
         if s.shape[0] != batch:
             s = s.repeat(batch // s.shape[0], 1)
-        embs = [super(SizeEmbedder, self).forward(s[:, i], dtype) for i in range(s.shape[1])]
-        return torch.cat(embs, dim=1)
+        emb = super().forward(rearrange(s, "b d -> (b d)"), dtype)
+        return rearrange(emb, "(b d) c -> b (d c)", b=batch)
 
 
 class Mlp(nn.Module):
@@ -88,7 +130,8 @@ class Mlp(nn.Module):
 
 
 class PatchEmbed3D(nn.Module):
-    """Conv3d patchify; odd T/H/W are zero-padded at the end first. Tokens come out in (t, h, w) order."""
+    """Conv3d patchify; T/H/W that are not multiples of the patch are zero-padded at the end first.
+    Tokens come out in (t, h, w) order, [B, T*H*W, C]."""
 
     def __init__(self, patch_size, in_channels: int, hidden: int):
         super().__init__()
@@ -98,42 +141,159 @@ class PatchEmbed3D(nn.Module):
     def forward(self, x):
         pt, ph, pw = self.patch_size
         _, _, t, h, w = x.shape
-        x = F.pad(x, (0, -w % pw, 0, -h % ph, 0, -t % pt))
+        if t % pt or h % ph or w % pw:
+            x = F.pad(x, (0, -w % pw, 0, -h % ph, 0, -t % pt))
         return rearrange(self.proj(x), "b c t h w -> b (t h w) c")
 
 
-def sincos_pos_embed_2d(h: int, w: int, dim: int, scale: float, base_size: int | None, device=None) -> torch.Tensor:
-    """PositionEmbedding2D [h*w, dim]: first half encodes the column (W) coordinate, second half the row;
-    each half is [sin, cos] with omega_k = 10000^(-k/(dim/4)); coordinates are i/scale (* base_size/h when a
-    base size is given, as v1.1+ do; v1.0 has none)."""
-    quarter = dim // 4
+def _sincos(coords: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    angles = coords[:, None] * inv_freq[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def sincos_pos_embed_2d(h: int, w: int, dim: int, scale: float = 1.0, base_size: int | None = None,
+                        device=None) -> torch.Tensor:
+    """PositionEmbedding2D, [h*w, dim] fp32, tokens row-major. The first half of the channels encodes the
+    column (W) coordinate, the second half the row; each half is [sin, cos] with omega_k = 10000^(-k/(dim/4)).
+    Coordinates are i / scale, times base_size / n when a base size is given (v1.1+; v1.0 has none)."""
     inv_freq = 1.0 / (10000 ** (torch.arange(0, dim // 2, 2, device=device).float() / (dim // 2)))
-    assert inv_freq.numel() == quarter
-    rows = torch.arange(h, device=device) / scale * (base_size / h if base_size else 1.0)
-    cols = torch.arange(w, device=device) / scale * (base_size / w if base_size else 1.0)
-
-    def emb(c):
-        a = c[:, None] * inv_freq[None]
-        return torch.cat([a.sin(), a.cos()], dim=-1)
-
-    col = emb(cols)[None, :, :].expand(h, w, dim // 2)
-    row = emb(rows)[:, None, :].expand(h, w, dim // 2)
-    return torch.cat([col, row], dim=-1).reshape(h * w, dim)
+    rows = torch.arange(h, device=device) / scale
+    cols = torch.arange(w, device=device) / scale
+    if base_size:
+        rows, cols = rows * (base_size / h), cols * (base_size / w)
+    col = _sincos(cols, inv_freq)[None, :, :].expand(h, w, dim // 2)
+    row = _sincos(rows, inv_freq)[:, None, :].expand(h, w, dim // 2)
+    return rearrange(torch.cat([col, row], dim=-1), "h w c -> (h w) c")
 
 
-def rope_interleaved(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """rotary_embedding_torch convention: pairs (2k, 2k+1) rotated by pos * freqs[k] over the sequence
-    axis -2. Angles are computed in the dtype of `freqs` (bf16 in a bf16 model, as the original)."""
-    n = x.shape[-2]
-    pos = torch.arange(n, device=x.device, dtype=x.dtype).to(freqs.dtype)
-    angles = torch.repeat_interleave(pos[:, None] * freqs[None], 2, dim=-1)
+def sincos_pos_embed_1d(n: int, dim: int, scale: float = 1.0, device=None) -> torch.Tensor:
+    """1D sincos table [n, dim] of positions i / scale: [sin, cos] with omega_k = 10000^(-k/(dim/2)).
+    Computed in float64 like the original's numpy version, returned as fp32."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64, device=device) / (dim / 2))
+    return _sincos(torch.arange(n, dtype=torch.float64, device=device) / scale, omega).float()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rotary position embedding (rotary_embedding_torch 0.5.3, freqs_for="lang")
+# --------------------------------------------------------------------------------------------------------------
+class RotaryFreqs(nn.Module):
+    """Holds `freqs` = 1/theta^(2k/dim), a frozen Parameter in the original (so it is in the state dict as
+    `rope.freqs`, and a bf16 model has bf16 frequencies)."""
+
+    def __init__(self, dim: int, theta: float = 10000.0):
+        super().__init__()
+        freqs = torch.empty(dim // 2)
+        if not freqs.is_meta:  # on meta the checkpoint provides it (see randn_init)
+            freqs = 1.0 / theta ** (torch.arange(0, dim, 2).float() / dim)
+        self.freqs = nn.Parameter(freqs, requires_grad=False)
+
+    def cos_sin(self, n: int, pos_dtype: torch.dtype):
+        """cos/sin [n, dim] of positions 0..n-1. As the original: positions are made in the activation dtype,
+        the angles and their cos/sin in the dtype of `freqs` (bf16 in a bf16 model), each frequency repeated
+        for its pair of channels."""
+        pos = torch.arange(n, device=self.freqs.device, dtype=pos_dtype).to(self.freqs.dtype)
+        angles = torch.repeat_interleave(pos[:, None] * self.freqs[None], 2, dim=-1)
+        return angles.cos(), angles.sin()
+
+
+def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (2k, 2k+1) of x [..., n, dim] by the angles of cos/sin [n, dim]."""
     x1, x2 = rearrange(x, "... (d r) -> r ... d", r=2)
     rotated = rearrange(torch.stack([-x2, x1]), "r ... d -> ... (d r)")
-    return (x * angles.cos() + rotated * angles.sin()).to(x.dtype)
+    return (x * cos + rotated * sin).to(x.dtype)
 
 
-def sincos_pos_embed_1d(n: int, dim: int, scale: float = 1.0) -> torch.Tensor:
-    """[n, dim] = [sin | cos] of (i/scale) * 10000^(-k/(dim/2))."""
-    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
-    a = (torch.arange(n, dtype=torch.float64) / scale)[:, None] * omega[None]
-    return torch.cat([a.sin(), a.cos()], dim=1).float()
+# --------------------------------------------------------------------------------------------------------------
+# Attention blocks
+# --------------------------------------------------------------------------------------------------------------
+class SelfAttention(nn.Module):
+    """Multi-head self-attention, keys qkv / q_norm / k_norm / proj. Optional RMS qk-norm; rotary positions
+    (cos, sin) are applied after the qk-norm (v1.2) or, with rope_before_norm, before it (v1.1's
+    qk_norm_legacy)."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, rope_before_norm: bool = False):
+        super().__init__()
+        self.num_heads = num_heads
+        self.rope_before_norm = rope_before_norm
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.q_norm = RMSNorm(dim // num_heads) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(dim // num_heads) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, rope=None):
+        """x [B, N, C]; rope: (cos, sin) [N, head_dim] or None."""
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
+        if rope is not None and self.rope_before_norm:
+            q, k = apply_rope_interleaved(q, *rope), apply_rope_interleaved(k, *rope)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None and not self.rope_before_norm:
+            q, k = apply_rope_interleaved(q, *rope), apply_rope_interleaved(k, *rope)
+        return self.proj(rearrange(attention(q, k, v), "b h n d -> b n (h d)"))
+
+
+class CrossAttention(nn.Module):
+    """Queries of sample b attend only to the caption tokens of sample b (keys q_linear / kv_linear / proj).
+
+    The original packs every sample's valid tokens into one sequence and uses xformers' block-diagonal mask;
+    here samples whose tokens are all valid run as one batch, otherwise each sample attends to its own valid
+    tokens (the same arithmetic, no mask tensor, so fused kernels stay usable).
+    """
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_linear = nn.Linear(dim, dim)
+        self.kv_linear = nn.Linear(dim, dim * 2)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, y, y_mask=None):
+        """x [B, N, C]; y [B, L, C]; y_mask [B, L] bool (True = token) or None (all L tokens of each sample).
+
+        v1.2.0's MultiHeadCrossAttention called with mask=None would mix the captions of the whole batch (golden
+        README quirk 1), but no v1.x model calls it so: without a token mask STDiT3.encode_text (and STDiT /
+        STDiT2) pass the per-sample lengths [L] * B. This is that per-sample behaviour.
+        """
+        q = rearrange(self.q_linear(x), "b n (h d) -> b h n d", h=self.num_heads)
+        k, v = rearrange(self.kv_linear(y), "b l (two h d) -> two b h l d", two=2, h=self.num_heads)
+        if y_mask is None:
+            out = attention(q, k, v)
+        else:
+            out = torch.cat([attention(q[i:i + 1], k[i:i + 1, :, keep], v[i:i + 1, :, keep])
+                             for i, keep in enumerate(y_mask)])
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class CaptionEmbedder(nn.Module):
+    """y_proj MLP plus the learned null caption `y_embedding` [L, caption_channels], a persistent buffer (never
+    trained; it must come from the checkpoint) used as the unconditional caption for CFG."""
+
+    def __init__(self, caption_channels: int, hidden: int, max_length: int):
+        super().__init__()
+        self.y_proj = Mlp(caption_channels, hidden, hidden)
+        self.register_buffer("y_embedding", randn_init(max_length, caption_channels,
+                                                       divisor=caption_channels ** 0.5))
+
+    def forward(self, y):
+        return self.y_proj(y)
+
+
+class FinalLayer(nn.Module):
+    """T2IFinalLayer: LayerNorm, modulate with the timestep *embedding* t [B, C] (not the 6C block vector),
+    linear to patch_volume * out_channels features per token."""
+
+    def __init__(self, hidden: int, patch_volume: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden, eps=1e-6, elementwise_affine=False)
+        self.linear = nn.Linear(hidden, patch_volume * out_channels)
+        self.scale_shift_table = nn.Parameter(randn_init(2, hidden, divisor=hidden ** 0.5))
+
+    def forward(self, x, t, T: int, S: int, x_mask=None, t0=None):
+        """x [B, T*S, C]; with x_mask [B, T], frames whose mask is False use t0 instead of t."""
+        shift, scale = (self.scale_shift_table[None] + t[:, None]).chunk(2, dim=1)
+        x = modulate(self.norm_final(x), shift, scale)
+        if x_mask is not None:
+            shift0, scale0 = (self.scale_shift_table[None] + t0[:, None]).chunk(2, dim=1)
+            # Quirk of the original (T2IFinalLayer, v1.2.0): the t0 branch normalises the *already modulated* x,
+            # not the block output. Reproduced because the released model ran this way.
+            x = frame_select(x_mask, x, modulate(self.norm_final(x), shift0, scale0), T, S)
+        return self.linear(x)

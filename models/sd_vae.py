@@ -1,14 +1,25 @@
-"""The Stable Diffusion / SDXL 2D AutoencoderKL, in plain torch, with diffusers' parameter names
+"""The Stable Diffusion / SDXL 2D AutoencoderKL in plain torch, with diffusers' parameter names
 (encoder/decoder down_blocks, up_blocks, mid_block, quant_conv, post_quant_conv), so released
-diffusers-format weights load unchanged. Used by Open-Sora 1.0/1.1 directly and by 1.2 as its spatial VAE.
+diffusers-format weights load unchanged. SD 1.x (sd-vae-ft-ema) and SDXL VAEs share this structure; only
+the weights differ.
+
+Open-Sora wraps it as `VideoAutoencoderKL`: every frame is an image, frames go through in micro-batches, and
+latents are scaled by 0.18215 (`encode_frames` / `decode_frames` below). v1.0/v1.1 use it alone, v1.2 as the
+spatial stage in front of its temporal VAE.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from . import tiling
 from .layers import attention
+
+# Quirk (golden README #2): Open-Sora's VideoAutoencoderKL hard-codes SD 1.x's factor, also in v1.2 whose
+# spatial VAE is SDXL's (whose own config says 0.13025). Reproduced, since the diffusion models were trained so.
+SD_SCALE = 0.18215
 
 
 class ResnetBlock2D(nn.Module):
@@ -27,7 +38,8 @@ class ResnetBlock2D(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head self-attention over all pixels (the VAE mid block)."""
+    """Single-head self-attention over all pixels of a frame (the mid block); the only global operation
+    besides GroupNorm's statistics."""
 
     def __init__(self, ch: int, groups: int, eps: float = 1e-6):
         super().__init__()
@@ -36,9 +48,9 @@ class AttnBlock(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(ch, ch)])
 
     def forward(self, x):
-        b, c, h, w = x.shape
-        t = rearrange(self.group_norm(x), "b c h w -> b 1 (h w) c")
-        out = attention(self.to_q(t), self.to_k(t), self.to_v(t))
+        h, w = x.shape[-2:]
+        tokens = rearrange(self.group_norm(x), "b c h w -> b 1 (h w) c")
+        out = attention(self.to_q(tokens), self.to_k(tokens), self.to_v(tokens))
         return x + rearrange(self.to_out[0](out), "b 1 (h w) c -> b c h w", h=h, w=w)
 
 
@@ -58,7 +70,7 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(ch, ch, 3, stride=2)
 
     def forward(self, x):
-        return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric padding, as diffusers' Downsample2D(padding=0)
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # pad right/bottom only, as the LDM original
 
 
 class Upsample(nn.Module):
@@ -70,30 +82,39 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class Stage(nn.Module):
-    def __init__(self, resnets, sampler_name: str, sampler):
+class DownEncoderBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, layers: int, groups: int, downsample: bool):
         super().__init__()
-        self.resnets = nn.ModuleList(resnets)
-        if sampler is not None:
-            setattr(self, sampler_name, nn.ModuleList([sampler]))
-        self._sampler = sampler_name if sampler is not None else None
+        self.resnets = nn.ModuleList([ResnetBlock2D(cin if i == 0 else cout, cout, groups) for i in range(layers)])
+        if downsample:
+            self.downsamplers = nn.ModuleList([Downsample(cout)])
 
     def forward(self, x):
         for r in self.resnets:
             x = r(x)
-        return getattr(self, self._sampler)[0](x) if self._sampler else x
+        return self.downsamplers[0](x) if hasattr(self, "downsamplers") else x
+
+
+class UpDecoderBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, layers: int, groups: int, upsample: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList([ResnetBlock2D(cin if i == 0 else cout, cout, groups) for i in range(layers)])
+        if upsample:
+            self.upsamplers = nn.ModuleList([Upsample(cout)])
+
+    def forward(self, x):
+        for r in self.resnets:
+            x = r(x)
+        return self.upsamplers[0](x) if hasattr(self, "upsamplers") else x
 
 
 class Encoder(nn.Module):
     def __init__(self, cin, latent, chans, layers, groups):
         super().__init__()
         self.conv_in = nn.Conv2d(cin, chans[0], 3, padding=1)
-        blocks, prev = [], chans[0]
-        for i, ch in enumerate(chans):
-            res = [ResnetBlock2D(prev if j == 0 else ch, ch, groups) for j in range(layers)]
-            blocks.append(Stage(res, "downsamplers", Downsample(ch) if i < len(chans) - 1 else None))
-            prev = ch
-        self.down_blocks = nn.ModuleList(blocks)
+        ins = [chans[0]] + list(chans[:-1])
+        self.down_blocks = nn.ModuleList([DownEncoderBlock(i, o, layers, groups, downsample=n < len(chans) - 1)
+                                          for n, (i, o) in enumerate(zip(ins, chans))])
         self.mid_block = MidBlock(chans[-1], groups)
         self.conv_norm_out = nn.GroupNorm(groups, chans[-1], eps=1e-6)
         self.conv_out = nn.Conv2d(chans[-1], 2 * latent, 3, padding=1)
@@ -111,12 +132,9 @@ class Decoder(nn.Module):
         rev = list(reversed(chans))
         self.conv_in = nn.Conv2d(latent, rev[0], 3, padding=1)
         self.mid_block = MidBlock(rev[0], groups)
-        blocks, prev = [], rev[0]
-        for i, ch in enumerate(rev):
-            res = [ResnetBlock2D(prev if j == 0 else ch, ch, groups) for j in range(layers + 1)]
-            blocks.append(Stage(res, "upsamplers", Upsample(ch) if i < len(rev) - 1 else None))
-            prev = ch
-        self.up_blocks = nn.ModuleList(blocks)
+        ins = [rev[0]] + rev[:-1]
+        self.up_blocks = nn.ModuleList([UpDecoderBlock(i, o, layers + 1, groups, upsample=n < len(rev) - 1)
+                                        for n, (i, o) in enumerate(zip(ins, rev))])
         self.conv_norm_out = nn.GroupNorm(groups, rev[-1], eps=1e-6)
         self.conv_out = nn.Conv2d(rev[-1], cout, 3, padding=1)
 
@@ -139,7 +157,7 @@ class AutoencoderKL(nn.Module):
         self.spatial_ratio = 2 ** (len(chans) - 1)
 
     def encode_moments(self, x):
-        """Posterior mean and logvar (clamped to [-30, 20])."""
+        """Posterior mean and logvar (logvar clamped to [-30, 20], as DiagonalGaussianDistribution)."""
         mean, logvar = self.quant_conv(self.encoder(x)).chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
@@ -147,18 +165,57 @@ class AutoencoderKL(nn.Module):
         return self.decoder(self.post_quant_conv(z))
 
 
+def sample_posterior(mean, logvar, noise=None):
+    """mean + std * noise; no noise = the posterior mean (deterministic encode). The noise is drawn in fp32
+    and cast to the latent's dtype and device, as the original's `randn(...).to(device, dtype)`."""
+    return mean if noise is None else mean + torch.exp(0.5 * logvar) * noise.to(mean)
+
+
+def encode_frames(vae: AutoencoderKL, x, micro_batch_size: int | None = 4, noise_fn=None):
+    """VideoAutoencoderKL.encode: x [B,3,T,H,W] -> latents [B,C,T,h,w] * 0.18215, frame by frame.
+
+    Frames are flattened as (B T) and cut into micro-batches (None = all at once, v1.0's 256px config);
+    noise_fn(shape) is called once per micro-batch in that order, as the original draws one randn per
+    micro-batch. No noise_fn = posterior mean."""
+    b = x.shape[0]
+    frames = rearrange(x, "b c t h w -> (b t) c h w")
+    step = micro_batch_size or frames.shape[0]
+    out = []
+    for i in range(0, frames.shape[0], step):
+        mean, logvar = vae.encode_moments(frames[i:i + step])
+        out.append(sample_posterior(mean, logvar, noise_fn(mean.shape) if noise_fn else None) * SD_SCALE)
+    return rearrange(torch.cat(out), "(b t) c h w -> b c t h w", b=b)
+
+
+def decode_frames(vae: AutoencoderKL, z, micro_batch_size: int | None = 4, tile: int = 0, overlap: int = 0):
+    """VideoAutoencoderKL.decode: latents [B,C,T,h,w] (x 0.18215) -> frames [B,3,T,H,W], micro-batch by
+    micro-batch. Frames are independent images, so the micro-batch size changes memory, not results.
+
+    tile/overlap (latent pixels; 0 = off) decode overlapping spatial tiles and blend them: approximate, since
+    the untiled decoder's GroupNorm statistics, 3x3 convs and mid-block attention span the whole frame."""
+    b = z.shape[0]
+    frames = rearrange(z, "b c t h w -> (b t) c h w") / SD_SCALE
+    decode = tiling.tiled_2d(vae.decode, tile, overlap, vae.spatial_ratio) if tile else vae.decode
+    step = micro_batch_size or frames.shape[0]
+    out = [decode(frames[i:i + step]) for i in range(0, frames.shape[0], step)]
+    return rearrange(torch.cat(out), "(b t) c h w -> b c t h w", b=b)
+
+
 def config_from_state_dict(sd: dict, prefix: str = "") -> dict:
-    n_blocks = 1 + max(int(k[len(prefix):].split(".")[2]) for k in sd if k.startswith(prefix + "encoder.down_blocks."))
-    chans = [sd[f"{prefix}encoder.down_blocks.{i}.resnets.0.conv2.weight"].shape[0] for i in range(n_blocks)]
-    layers = 1 + max(int(k[len(prefix):].split(".")[4]) for k in sd
-                     if k.startswith(prefix + "encoder.down_blocks.0.resnets."))
+    """AutoencoderKL arguments from tensor shapes (diffusers names under `prefix`)."""
+    def indices(p, at):
+        return {int(k[len(prefix):].split(".")[at]) for k in sd if k.startswith(prefix + p)}
+
+    chans = [sd[f"{prefix}encoder.down_blocks.{i}.resnets.0.conv2.weight"].shape[0]
+             for i in range(len(indices("encoder.down_blocks.", 2)))]
     return dict(in_channels=sd[f"{prefix}encoder.conv_in.weight"].shape[1],
                 out_channels=sd[f"{prefix}decoder.conv_out.weight"].shape[0],
                 latent_channels=sd[f"{prefix}post_quant_conv.weight"].shape[0], block_out_channels=tuple(chans),
-                layers_per_block=layers, norm_num_groups=norm_groups(chans[0]))
+                layers_per_block=len(indices("encoder.down_blocks.0.resnets.", 4)),
+                norm_num_groups=norm_groups(chans[0]))
 
 
 def norm_groups(first_channels: int) -> int:
-    """GroupNorm group counts are not stored in checkpoints: released VAEs use 32; tiny test models are built
-    with first_channels // 2 (e.g. 8 channels, 4 groups)."""
+    """GroupNorm group counts are not stored in checkpoints. Released VAEs (128 first channels) use 32; tiny
+    test models use first_channels // 2 (8 channels, 4 groups, as the golden tiny configs)."""
     return min(32, max(1, first_channels // 2))

@@ -1,53 +1,92 @@
-"""Spatial tiling with linear blending: run a 2D decoder on overlapping latent tiles, so peak memory
-depends on the tile size, not the frame size. Approximate (the decoder's receptive field crosses tile
-borders); the blend hides the seams."""
+"""Tiled decoding with linear blending, generic over VAEs: run a decoder on overlapping windows of the latent
+(spatial tiles, temporal chunks, or both) so peak memory follows the window, not the frame or video size.
+
+The decoder must map n latent samples to n * ratio output samples along every tiled axis (a 2D VAE's 8x in
+space; a per-frame or linearly upsampling VAE in time). Overlaps are cross-faded with linear ramps that sum
+to one. The result is exact for decoders that only look at their own sample (tested with one) and approximate
+otherwise: convolutions, normalisation statistics and attention see across window borders when untiled.
+
+VAEs whose chunks are exact by construction (Open-Sora 1.2's temporal VAE decodes independent 17-frame
+chunks; CogVideoX carries a conv cache) chunk time themselves and use only the spatial part.
+"""
 from __future__ import annotations
+
+import itertools
 
 import torch
 
 
-def _ramp(n: int, overlap: int, at_start: bool, at_end: bool, device) -> torch.Tensor:
-    """Weights along one axis: rise over the first `overlap` samples, fall over the last, unless at an edge."""
+def window_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Starts of windows of `tile` samples covering [0, size), neighbours sharing at least `overlap`;
+    the last window ends at `size` (so it may share more)."""
+    if size <= tile:
+        return [0]
+    stride = tile - overlap
+    return sorted(set(range(0, size - tile, stride)) | {size - tile})
+
+
+def ramp(n: int, overlap: int, at_start: bool, at_end: bool, device=None) -> torch.Tensor:
+    """Blend weights along one axis: rise over the first `overlap` samples and fall over the last, except at
+    the edges of the whole signal. A rising and a falling ramp over the same samples sum to one."""
     w = torch.ones(n, device=device)
     if overlap > 0:
-        ramp = (torch.arange(overlap, device=device) + 1) / (overlap + 1)
+        up = (torch.arange(overlap, device=device) + 1) / (overlap + 1)
         if not at_start:
-            w[:overlap] = torch.minimum(w[:overlap], ramp)
+            w[:overlap] = torch.minimum(w[:overlap], up)
         if not at_end:
-            w[-overlap:] = torch.minimum(w[-overlap:], ramp.flip(0))
+            w[-overlap:] = torch.minimum(w[-overlap:], up.flip(0))
     return w
 
 
-def tiled_2d(fn, tile: int, overlap: int, ratio: int):
-    """Wrap fn: z [..., h, w] -> x [..., h*ratio, w*ratio] (leading axes may change, e.g. frames) to run on
-    tiles of `tile` latent pixels sharing `overlap` latent pixels, blended with linear weights."""
-    tile = max(tile, 1)
-    overlap = min(overlap, tile - 1) if tile > 1 else 0
+def tiled(fn, windows: dict, out_device=None):
+    """Wrap fn: z -> x to run on overlapping windows and blend the pieces.
 
-    def starts(size):
-        if size <= tile:
-            return [0]
-        stride = tile - overlap
-        out = list(range(0, size - tile, stride)) + [size - tile]
-        return sorted(set(out))
+    windows maps a (negative) axis to (tile, overlap, ratio) in latent samples, e.g.
+    {-3: (4, 1, 1), -2: (32, 8, 8), -1: (32, 8, 8)} for [B, C, T, H, W]. Axes not listed are passed whole
+    (fn may change them, e.g. channels). The blended float32 output is accumulated on `out_device` (default:
+    the pieces' device): keep it on the CPU when the whole output would not fit beside one window's work.
+    """
+    axes = sorted(windows)
+    if any(a >= 0 for a in axes):
+        raise ValueError(f"tile axes are counted from the end (negative), got {axes}")
+    spec = {a: (max(tile, 1), min(overlap, max(tile, 1) - 1), ratio) for a, (tile, overlap, ratio) in windows.items()}
+    trailing = range(axes[0], 0)  # the output axes a weight tensor spans, tiled or not
 
     def run(z):
-        """z [..., h, w] (any leading axes: batch, channels, frames) -> fn's output, blended."""
-        h, w = z.shape[-2:]
+        sizes = {a: z.shape[a] for a in axes}
         out = weight = None
-        for y0 in starts(h):
-            for x0 in starts(w):
-                th, tw = min(tile, h - y0), min(tile, w - x0)
-                piece = fn(z[..., y0:y0 + th, x0:x0 + tw]).float()
-                if out is None:
-                    out = torch.zeros(*piece.shape[:-2], h * ratio, w * ratio, device=piece.device)
-                    weight = torch.zeros(h * ratio, w * ratio, device=piece.device)
-                wy = _ramp(th * ratio, overlap * ratio, y0 == 0, y0 + th >= h, piece.device)
-                wx = _ramp(tw * ratio, overlap * ratio, x0 == 0, x0 + tw >= w, piece.device)
-                wt = wy[:, None] * wx[None, :]
-                ys, xs = slice(y0 * ratio, (y0 + th) * ratio), slice(x0 * ratio, (x0 + tw) * ratio)
-                out[..., ys, xs] += piece * wt
-                weight[ys, xs] += wt
+        for origin in itertools.product(*[window_starts(sizes[a], spec[a][0], spec[a][1]) for a in axes]):
+            index = [slice(None)] * z.ndim
+            for a, s in zip(axes, origin):
+                index[a] = slice(s, min(s + spec[a][0], sizes[a]))
+            piece = fn(z[tuple(index)])
+            device = out_device or piece.device
+            if out is None:
+                shape = list(piece.shape)
+                for a in axes:
+                    shape[a] = sizes[a] * spec[a][2]
+                out = torch.zeros(shape, device=device)
+                weight = torch.zeros([shape[a] if a in spec else 1 for a in trailing], device=device)
+            w = torch.ones([1] * len(trailing), device=device)
+            out_index = [slice(None)] * len(trailing)
+            for a, s in zip(axes, origin):
+                n, (_, overlap, ratio) = index[a].stop - s, spec[a]
+                r = ramp(n * ratio, overlap * ratio, s == 0, s + n >= sizes[a], device)
+                w = w * r.reshape([-1 if b == a else 1 for b in trailing])
+                out_index[a] = slice(s * ratio, (s + n) * ratio)
+            out[(..., *out_index)] += piece.to(device, torch.float32) * w
+            weight[tuple(out_index)] += w
         return out / weight
 
     return run
+
+
+def tiled_2d(fn, tile: int, overlap: int, ratio: int, out_device=None):
+    """Square spatial tiles over the last two axes (latent pixels), e.g. a 2D VAE decoder on [N, C, h, w]."""
+    return tiled(fn, {-2: (tile, overlap, ratio), -1: (tile, overlap, ratio)}, out_device)
+
+
+def tiled_time(fn, chunk: int, overlap: int, ratio: int = 1, out_device="cpu"):
+    """Temporal chunks over axis -3 of [B, C, T, H, W] sharing `overlap` latent frames, cross-faded. The
+    output accumulates on the CPU by default, so the device holds one chunk whatever the video length."""
+    return tiled(fn, {-3: (chunk, overlap, ratio)}, out_device)

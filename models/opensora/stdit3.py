@@ -1,8 +1,12 @@
-"""STDiT3: the Open-Sora 1.2 spatial-temporal diffusion transformer (released STDiT3-XL/2, 1.1B).
+"""STDiT3: the Open-Sora 1.2 spatial-temporal diffusion transformer (released STDiT3-XL/2, 1.1B parameters).
 
-Spatial blocks attend within a frame, temporal blocks across frames (with rotary positions after
-RMS qk-norm); each block also cross-attends to the T5 caption. Conditioned frames (x_mask False) are
-modulated with the embedding of timestep 0 ("t0 path"). State-dict keys are exactly the released ones.
+Follows v1.2.0 `opensora/models/stdit/stdit3.py`. Every layer is a pair of blocks: a spatial block attends within
+each frame, a temporal block across the frames of each spatial position (rotary positions after RMS qk-norm);
+both cross-attend to the T5 caption and have their own MLP. Conditioned frames (x_mask False) are modulated with
+the embedding of timestep 0 instead of t (the "t0 path"). State-dict keys are exactly the released ones.
+
+Tokens stay laid out [B, T, S, C] (T latent frames, S = H*W patches per frame) between blocks, so per-frame
+adaLN vectors broadcast over them and spatial attention is a free reshape.
 """
 from __future__ import annotations
 
@@ -10,149 +14,49 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..checkpoint import build_strict
-from ..layers import (Mlp, PatchEmbed3D, RMSNorm, SizeEmbedder, TimestepEmbedder, attention, modulate,
-                      rope_interleaved, sincos_pos_embed_2d)
+from ..checkpoint import build_strict, check_family, config_from_state_dict, fit_null_caption, normalize_stdit3
+from ..layers import (CaptionEmbedder, CrossAttention, FinalLayer, Mlp, PatchEmbed3D, RotaryFreqs, SelfAttention,
+                      SizeEmbedder, TimestepEmbedder, adaln_params, modulate, randn_init, sincos_pos_embed_2d)
 
 RELEASED = dict(hidden_size=1152, depth=28, num_heads=16, patch_size=(1, 2, 2), in_channels=4,
                 caption_channels=4096, model_max_length=300, qk_norm=True, pred_sigma=True, mlp_ratio=4.0,
                 input_sq_size=512)
 
 
-def t_mask_select(x_mask, x, x_zero, T: int, S: int):
-    """Per frame: x where x_mask is True, x_zero (the t0 version) where it is False. x: [B, T*S, C]."""
-    x = rearrange(x, "b (t s) c -> b t s c", t=T, s=S)
-    x_zero = rearrange(x_zero, "b (t s) c -> b t s c", t=T, s=S)
-    return rearrange(torch.where(x_mask[:, :, None, None], x, x_zero), "b t s c -> b (t s) c")
-
-
-class SelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool, rope: nn.Module | None = None):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.q_norm = RMSNorm(dim // num_heads) if qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(dim // num_heads) if qk_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim)
-        self.rope = [rope] if rope is not None else None  # shared module, not a child (keys stay 'rope.freqs')
-
-    def forward(self, x):
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if self.rope is not None:
-            q, k = rope_interleaved(q, self.rope[0].freqs), rope_interleaved(k, self.rope[0].freqs)
-        return self.proj(rearrange(attention(q, k, v), "b h n d -> b n (h d)"))
-
-
-class CrossAttention(nn.Module):
-    """Queries of sample b attend only to the valid caption tokens of sample b."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q_linear = nn.Linear(dim, dim)
-        self.kv_linear = nn.Linear(dim, dim * 2)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x, y, y_mask):
-        """x [B, N, C]; y [B, L, C]; y_mask [B, L] bool or None."""
-        b = x.shape[0]
-        q = rearrange(self.q_linear(x), "b n (h d) -> b h n d", h=self.num_heads)
-        k, v = rearrange(self.kv_linear(y), "b l (two h d) -> two b h l d", two=2, h=self.num_heads)
-        if y_mask is None:
-            # Quirk of v1.2.0 (golden README quirk 1): without a mask, every query attends to the captions of
-            # the whole batch (q/k flattened over the batch, no bias). Identical to the per-sample case at B=1.
-            q = rearrange(q, "b h n d -> 1 h (b n) d")
-            k, v = (rearrange(t, "b h l d -> 1 h (b l) d") for t in (k, v))
-            out = rearrange(attention(q, k, v), "1 h (b n) d -> b n (h d)", b=b)
-        else:
-            out = rearrange(attention(q, k, v, y_mask[:, None, None, :]), "b h n d -> b n (h d)")
-        return self.proj(out)
-
-
 class STDiT3Block(nn.Module):
-    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, qk_norm: bool, temporal: bool,
-                 rope: nn.Module | None):
+    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, qk_norm: bool, temporal: bool):
         super().__init__()
         self.temporal = temporal
         self.norm1 = nn.LayerNorm(hidden, eps=1e-6, elementwise_affine=False)
-        self.attn = SelfAttention(hidden, num_heads, qk_norm, rope if temporal else None)
+        self.attn = SelfAttention(hidden, num_heads, qk_norm)
         self.cross_attn = CrossAttention(hidden, num_heads)
         self.norm2 = nn.LayerNorm(hidden, eps=1e-6, elementwise_affine=False)
         self.mlp = Mlp(hidden, int(hidden * mlp_ratio))
-        self.scale_shift_table = nn.Parameter(torch.randn(6, hidden) / hidden ** 0.5)
+        self.scale_shift_table = nn.Parameter(randn_init(6, hidden, divisor=hidden ** 0.5))
 
-    def forward(self, x, y, y_mask, t_mlp, T: int, S: int, x_mask=None, t0_mlp=None):
-        b = x.shape[0]
-        mod = (self.scale_shift_table[None] + t_mlp.reshape(b, 6, -1)).chunk(6, dim=1)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod
-        if x_mask is not None:
-            mod0 = (self.scale_shift_table[None] + t0_mlp.reshape(b, 6, -1)).chunk(6, dim=1)
-            shift_msa0, scale_msa0, gate_msa0, shift_mlp0, scale_mlp0, gate_mlp0 = mod0
+    def forward(self, x, y, y_mask, t_mlp, x_mask=None, t0_mlp=None, rope=None):
+        """x [B, T, S, C]; y [B, L, C]; t_mlp / t0_mlp [B, 6C]; x_mask [B, T]; rope (cos, sin) for T frames."""
+        b, T = x.shape[:2]
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = adaln_params(
+            self.scale_shift_table, t_mlp, x_mask, t0_mlp)
 
-        def select(a, a0):
-            return a if x_mask is None else t_mask_select(x_mask, a, a0, T, S)
-
-        h = self.norm1(x)
-        x_m = select(modulate(h, shift_msa, scale_msa), modulate(h, shift_msa0, scale_msa0) if x_mask is not None
-                     else None)
+        h = modulate(self.norm1(x), shift_msa, scale_msa)
         if self.temporal:
-            x_m = rearrange(self.attn(rearrange(x_m, "b (t s) c -> (b s) t c", t=T, s=S)),
-                            "(b s) t c -> b (t s) c", b=b, s=S)
+            h = rearrange(self.attn(rearrange(h, "b t s c -> (b s) t c"), rope), "(b s) t c -> b t s c", b=b)
         else:
-            x_m = rearrange(self.attn(rearrange(x_m, "b (t s) c -> (b t) s c", t=T, s=S)),
-                            "(b t) s c -> b (t s) c", b=b, t=T)
-        x = x + select(gate_msa * x_m, gate_msa0 * x_m if x_mask is not None else None)
+            h = rearrange(self.attn(rearrange(h, "b t s c -> (b t) s c")), "(b t) s c -> b t s c", b=b)
+        x = x + gate_msa * h
 
-        x = x + self.cross_attn(x, y, y_mask)
+        x = x + rearrange(self.cross_attn(rearrange(x, "b t s c -> b (t s) c"), y, y_mask),
+                          "b (t s) c -> b t s c", t=T)
 
-        h = self.norm2(x)
-        x_m = select(modulate(h, shift_mlp, scale_mlp), modulate(h, shift_mlp0, scale_mlp0) if x_mask is not None
-                     else None)
-        x_m = self.mlp(x_m)
-        return x + select(gate_mlp * x_m, gate_mlp0 * x_m if x_mask is not None else None)
-
-
-class CaptionEmbedder(nn.Module):
-    """y_proj MLP plus the learned null caption `y_embedding` (a persistent buffer, used for CFG)."""
-
-    def __init__(self, caption_channels: int, hidden: int, max_length: int):
-        super().__init__()
-        self.y_proj = Mlp(caption_channels, hidden, hidden)
-        self.register_buffer("y_embedding", torch.randn(max_length, caption_channels) / caption_channels ** 0.5)
-
-    def forward(self, y):
-        return self.y_proj(y)
-
-
-class RotaryFreqs(nn.Module):
-    """Holds `rope.freqs` (rotary_embedding_torch's frequencies, a frozen Parameter in the checkpoint)."""
-
-    def __init__(self, dim: int, theta: float = 10000.0):
-        super().__init__()
-        self.freqs = nn.Parameter(1.0 / theta ** (torch.arange(0, dim, 2).float() / dim), requires_grad=False)
-
-
-class FinalLayer(nn.Module):
-    """T2IFinalLayer: LN, modulate with the timestep *embedding* (not the 6C vector), linear."""
-
-    def __init__(self, hidden: int, patch_volume: int, out_channels: int):
-        super().__init__()
-        self.norm_final = nn.LayerNorm(hidden, eps=1e-6, elementwise_affine=False)
-        self.linear = nn.Linear(hidden, patch_volume * out_channels)
-        self.scale_shift_table = nn.Parameter(torch.randn(2, hidden) / hidden ** 0.5)
-
-    def forward(self, x, t, T: int, S: int, x_mask=None, t0=None):
-        shift, scale = (self.scale_shift_table[None] + t[:, None]).chunk(2, dim=1)
-        x = modulate(self.norm_final(x), shift, scale)
-        if x_mask is not None:
-            shift0, scale0 = (self.scale_shift_table[None] + t0[:, None]).chunk(2, dim=1)
-            # Quirk of the original: the t0 branch normalises the *already modulated* x, not the block output.
-            x = t_mask_select(x_mask, x, modulate(self.norm_final(x), shift0, scale0), T, S)
-        return self.linear(x)
+        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
 class STDiT3(nn.Module):
+    """Constructor arguments are the released config's names; training-only ones (class_dropout_prob, drop_path,
+    kernel switches, ...) are accepted and ignored."""
+
     def __init__(self, hidden_size=1152, depth=28, num_heads=16, patch_size=(1, 2, 2), in_channels=4,
                  caption_channels=4096, model_max_length=300, qk_norm=True, pred_sigma=True, mlp_ratio=4.0,
                  input_sq_size=512, **_ignored):
@@ -174,11 +78,11 @@ class STDiT3(nn.Module):
         self.y_embedder = CaptionEmbedder(caption_channels, hidden_size, model_max_length)
         self.rope = RotaryFreqs(hidden_size // num_heads)
         self.spatial_blocks = nn.ModuleList(
-            [STDiT3Block(hidden_size, num_heads, mlp_ratio, qk_norm, False, None) for _ in range(depth)])
+            [STDiT3Block(hidden_size, num_heads, mlp_ratio, qk_norm, temporal=False) for _ in range(depth)])
         self.temporal_blocks = nn.ModuleList(
-            [STDiT3Block(hidden_size, num_heads, mlp_ratio, qk_norm, True, self.rope) for _ in range(depth)])
-        self.final_layer = FinalLayer(hidden_size, self.patch_size[0] * self.patch_size[1] * self.patch_size[2],
-                                      self.out_channels)
+            [STDiT3Block(hidden_size, num_heads, mlp_ratio, qk_norm, temporal=True) for _ in range(depth)])
+        pt, ph, pw = self.patch_size
+        self.final_layer = FinalLayer(hidden_size, pt * ph * pw, self.out_channels)
 
     @property
     def null_caption(self) -> torch.Tensor:
@@ -186,78 +90,103 @@ class STDiT3(nn.Module):
         return self.y_embedder.y_embedding
 
     def forward(self, x, timestep, y, mask=None, x_mask=None, fps=None, height=None, width=None, **_):
-        """x [B,C,T,h,w]; timestep [B] (0..1000); y [B,1,L,Cc]; mask [1 or B, L] (1 = token);
-        x_mask [B,T] (False = conditioned frame); fps [B]; height/width [B] in pixels (only [0] is used)."""
+        """The denoiser output [B, 2*in_ch (pred_sigma), T, h, w] in fp32 (the sampler uses channels :in_ch).
+
+        x [B, C, T, h, w] latents; timestep [B] in 0..1000 units; y [B, 1, L, caption_channels] T5 features
+        (null rows = null_caption); mask [1 or B, L] (nonzero = token; fewer rows than B are tiled, so the
+        null rows of a CFG batch reuse the prompt's mask); x_mask [B, T] bool (False = conditioned frame, t0
+        path); fps [B]; height / width [B] in pixels (only [0] is used, golden quirk 4). Extra keyword arguments
+        the original ignores (num_frames, ar) are ignored.
+        """
         dtype = self.x_embedder.proj.weight.dtype
+        device = x.device
         b, _, t_in, h_in, w_in = x.shape
-        x, y = x.to(dtype), y.to(dtype)
-        timestep = timestep.to(dtype)  # in a bf16 model the timestep is rounded to bf16, as the original
         pt, ph, pw = self.patch_size
         T, H, W = -(-t_in // pt), -(-h_in // ph), -(-w_in // pw)
-        S = H * W
-        base_size = round(S ** 0.5)
-        scale = (float(height[0]) * float(width[0])) ** 0.5 / self.input_sq_size
-        pos = sincos_pos_embed_2d(H, W, self.hidden_size, scale, base_size, device=x.device).to(dtype)
+        # As the original: inputs are cast to the weight dtype, the timestep included (966.67 -> 968 in bf16).
+        x, y = x.to(dtype), y.to(device, dtype)
+        timestep = _per_sample(timestep, b, "timestep", device).to(dtype)
+        fps = _per_sample(fps, b, "fps", device).to(dtype)
+        height, width = (_per_sample(v, b, n, device).to(dtype) for v, n in ((height, "height"), (width, "width")))
 
-        fps = torch.full((b,), 24.0, device=x.device) if fps is None else fps
-        fps_emb = self.fps_embedder(fps.to(x.device).unsqueeze(1), b, dtype)
+        # Multi-resolution position embedding: the size enters through scale and base_size. The original's
+        # pixel size comes from tensors in the model dtype (bf16: 854 -> 856), hence the cast above.
+        scale = (height[0].item() * width[0].item()) ** 0.5 / self.input_sq_size
+        pos = sincos_pos_embed_2d(H, W, self.hidden_size, scale, round((H * W) ** 0.5), device=device).to(dtype)
+
+        fps_emb = self.fps_embedder(fps[:, None], b, dtype)
         t = self.t_embedder(timestep, dtype) + fps_emb
         t_mlp = self.t_block(t)
         t0 = t0_mlp = None
         if x_mask is not None:
             t0 = self.t_embedder(torch.zeros_like(timestep), dtype) + fps_emb
             t0_mlp = self.t_block(t0)
-            x_mask = x_mask.to(x.device).bool()
+            x_mask = x_mask.to(device).bool()
 
-        y = self.y_embedder(y).squeeze(1)  # [B, L, C]
-        y_mask = None
-        if mask is not None:
-            if mask.shape[0] != b:  # the CFG batch reuses the prompt mask: null rows see as many tokens
-                mask = mask.repeat(b // mask.shape[0], 1)
-            y_mask = mask.to(x.device) != 0
+        y, y_mask = _caption_tokens(y, mask, b)
+        y = self.y_embedder(y)
+        rope = self.rope.cos_sin(T, dtype)
 
-        x = self.x_embedder(x)
-        x = rearrange(rearrange(x, "b (t s) c -> b t s c", t=T, s=S) + pos, "b t s c -> b (t s) c")
+        x = rearrange(self.x_embedder(x), "b (t s) c -> b t s c", t=T) + pos
         for spatial, temporal in zip(self.spatial_blocks, self.temporal_blocks):
-            x = spatial(x, y, y_mask, t_mlp, T, S, x_mask, t0_mlp)
-            x = temporal(x, y, y_mask, t_mlp, T, S, x_mask, t0_mlp)
-        x = self.final_layer(x, t, T, S, x_mask, t0)
+            x = spatial(x, y, y_mask, t_mlp, x_mask, t0_mlp)
+            x = temporal(x, y, y_mask, t_mlp, x_mask, t0_mlp, rope)
+        x = self.final_layer(rearrange(x, "b t s c -> b (t s) c"), t, T, H * W, x_mask, t0)
         x = rearrange(x, "b (nt nh nw) (pt ph pw c) -> b c (nt pt) (nh ph) (nw pw)", nt=T, nh=H, nw=W,
                       pt=pt, ph=ph, pw=pw)
         return x[:, :, :t_in, :h_in, :w_in].float()
 
 
-def config_from_state_dict(sd: dict) -> dict:
-    """STDiT3 constructor arguments read off a state dict's shapes."""
-    hidden = sd["x_embedder.proj.weight"].shape[0]
-    patch = tuple(sd["x_embedder.proj.weight"].shape[2:])
-    in_ch = sd["x_embedder.proj.weight"].shape[1]
-    head_dim = sd["spatial_blocks.0.attn.q_norm.weight"].shape[0] if "spatial_blocks.0.attn.q_norm.weight" in sd \
-        else 2 * sd["rope.freqs"].shape[0]
-    out = sd["final_layer.linear.weight"].shape[0] // (patch[0] * patch[1] * patch[2])
-    return dict(hidden_size=hidden, depth=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("spatial_blocks.")),
-                num_heads=hidden // head_dim, patch_size=patch, in_channels=in_ch,
-                caption_channels=sd["y_embedder.y_embedding"].shape[1],
-                model_max_length=sd["y_embedder.y_embedding"].shape[0],
-                qk_norm="spatial_blocks.0.attn.q_norm.weight" in sd, pred_sigma=out == 2 * in_ch,
-                mlp_ratio=sd["spatial_blocks.0.mlp.fc1.weight"].shape[0] / hidden)
+def _per_sample(v, batch: int, name: str, device) -> torch.Tensor:
+    """A per-sample value (scalar, [B], or [n] with n dividing B, tiled like the original's SizeEmbedder tiles
+    fps for the CFG batch) as a [B] tensor."""
+    if v is None:
+        raise ValueError(f"STDiT3.forward: '{name}' is required (the v1.2 sampler passes it per sample)")
+    v = torch.as_tensor(v, device=device).reshape(-1)
+    if v.shape[0] == 0 or batch % v.shape[0]:
+        raise ValueError(f"STDiT3.forward: '{name}' has {v.shape[0]} values for a batch of {batch}")
+    return v.repeat(batch // v.shape[0])
 
 
-def reparameter_null_caption(sd: dict, length: int) -> dict:
-    """Fit y_embedding to `length` tokens as the original's checkpoint loading does (ckpt_utils.reparameter):
-    repeat the last row, or truncate. PixArt-initialised files carry 120 rows; released v1.2 files 300."""
-    y = sd["y_embedding"] if "y_embedding" in sd else sd["y_embedder.y_embedding"]
-    if y.shape[0] < length:
-        y = torch.cat([y, y[-1:].repeat(length - y.shape[0], 1)])
-    sd = dict(sd)
-    sd["y_embedder.y_embedding"] = y[:length]
-    sd.pop("y_embedding", None)
-    return sd
+def _caption_tokens(y, mask, batch: int):
+    """y [B, 1, L, Cc] -> (y [B, L', Cc], y_mask [B, L'] bool or None).
+
+    The original drops every masked token and lets each sample attend to its own remaining tokens. Tokens that
+    no sample uses are dropped here (the caption MLP is per token, so this changes nothing but the work), and
+    the mask is dropped when every remaining token is valid for every sample, the usual CFG batch of one
+    prompt: then cross-attention is one unmasked batched call.
+    """
+    if y.ndim != 4 or y.shape[0] != batch:
+        raise ValueError(f"STDiT3.forward: y must be [B={batch}, 1, L, C], got {tuple(y.shape)}")
+    y = y[:, 0]
+    if mask is None:
+        return y, None
+    mask = torch.as_tensor(mask, device=y.device)
+    mask = mask.reshape(mask.shape[0], -1) != 0  # [B, L] or the original's [B, 1, 1, L]
+    if batch % mask.shape[0] or mask.shape[1] != y.shape[1]:
+        raise ValueError(f"STDiT3.forward: the caption mask {tuple(mask.shape)} does not fit y "
+                         f"{tuple(y.shape)} (rows must divide the batch, columns equal the tokens)")
+    mask = mask.repeat(batch // mask.shape[0], 1)  # [m0, m1] -> [m0, m1, m0, m1]: null rows reuse their mask
+    if not mask.any(1).all():
+        raise ValueError("STDiT3.forward: a caption mask row has no valid token (T5 always marks at least one)")
+    used = mask.any(0)
+    y, mask = y[:, used], mask[:, used]
+    return y, (None if mask.all() else mask)
 
 
 def load_stdit3(sd: dict, model_max_length: int | None = None) -> STDiT3:
-    """Build from the state dict's shapes and load it strictly (every key, both ways). With
-    model_max_length, the null caption is first fitted to that many tokens (PixArt-initialised files)."""
+    """Build an STDiT3 from a state dict's shapes (checkpoint.config_from_state_dict) and load it strictly
+    (every key both ways, tensors adopted without copies). PixArt-initialised layouts are normalised first;
+    with model_max_length the null caption is fitted to that many tokens (a PixArt-alpha file carries 120)."""
+    family = check_family(sd, ("stdit3", "pixart"), "an Open-Sora 1.2 STDiT3")
+    if family == "pixart" and not any(k.startswith("temporal_blocks.") for k in sd):
+        raise ValueError("this is a PixArt image transformer (spatial blocks only): Open-Sora trains STDiT3 from "
+                         "it, it cannot generate video itself; use the STDiT3 model (hpcai-tech/OpenSora-STDiT-v3)")
+    if "x_embedder_cond.proj.weight" in sd:
+        raise ValueError("this is an Open-Sora 1.3 STDiT3 (x_embedder_cond, 16 latent channels, spatial RoPE), "
+                         "which is not supported: use the Open-Sora 1.2 model (hpcai-tech/OpenSora-STDiT-v3)")
+    sd = normalize_stdit3(sd)
     if model_max_length is not None:
-        sd = reparameter_null_caption(sd, model_max_length)
-    return build_strict(lambda: STDiT3(**config_from_state_dict(sd)), sd, "STDiT3")
+        sd = fit_null_caption(sd, model_max_length)
+    config = config_from_state_dict(sd)
+    return build_strict(lambda: STDiT3(**config), sd, "an Open-Sora 1.2 STDiT3")

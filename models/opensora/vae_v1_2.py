@@ -1,28 +1,35 @@
-"""Open-Sora VAE v1.2: the SDXL 2D VAE per frame, then a causal temporal VAE (4x in time) per chunk.
+"""Open-Sora VAE v1.2 (`VideoAutoencoderPipeline` / `OpenSoraVAE_V1_2`): the SDXL 2D VAE per frame, then a
+causal temporal VAE (MAGVIT-v2 style, 4x in time, no spatial change) per chunk of frames.
 
-Encode: 2D VAE per frame (x 0.18215), split into chunks of micro_frame_size frames (17 released), temporal VAE
-per chunk (front zero-padding to a multiple of 4), then (z - shift) / scale. Decode mirrors it: chunks of
-micro_z_frame_size latents (5), each decoded to min(17, remaining) frames (front padding cropped), then the
-2D decoder per frame in micro-batches of 4. The chunks are independent, so chunked decoding is exact and its
-memory is bounded by one chunk, whatever the video length.
+Encode: the 2D VAE per frame (x 0.18215, sd_vae.encode_frames), cut into chunks of micro_frame_size frames
+(17 released, the last may be shorter), the temporal VAE per chunk (front zero-padding to a multiple of 4),
+then z = (z - shift) / scale. Decode mirrors it: chunks of micro_z_frame_size latents (5 released), each
+decoded to min(17, remaining) frames (the front padding cropped), then the 2D decoder per frame.
+
+Chunks are independent (each was encoded on its own, and the decoder's GroupNorm statistics span the whole
+chunk, so a chunk must be decoded whole and alone): chunked decoding is the original, exactly, and its
+memory is bounded by one chunk whatever the video length.
 """
 from __future__ import annotations
+
+from itertools import takewhile
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .. import sd_vae, tiling
+from .. import sd_vae
 from ..checkpoint import build_strict
 
-SD_SCALE = 0.18215  # the original hard-codes SD's factor although the SDXL VAE config says 0.13025
+# Released normalisation (also the checkpoint's `shift` / `scale` buffers, which are what is used).
 SHIFT = (-0.10, 0.34, 0.27, 0.98)
 SCALE = (3.85, 2.32, 2.33, 3.06)
 
 
 class CausalConv3d(nn.Module):
-    """Conv3d that zero-pads time at the front only (dilation*(k-1) + 1 - stride frames), space symmetrically."""
+    """Conv3d that zero-pads time at the front only, (k-1) + (1-stride) frames, and space symmetrically: an
+    output frame sees only its own and earlier frames."""
 
     def __init__(self, cin, cout, kernel=3, stride=(1, 1, 1), bias=True):
         super().__init__()
@@ -58,7 +65,7 @@ class TemporalEncoder(nn.Module):
             ch = filters * m
             blocks.append(nn.ModuleList([ResBlock(prev if j == 0 else ch, ch, groups) for j in range(num_res)]))
             prev = ch
-            if i < len(mults) - 1:
+            if i < len(mults) - 1:  # Identity (no keys) where a stage does not downsample time
                 convs.append(CausalConv3d(ch, ch, 3, stride=(2, 1, 1)) if downsample[i] else nn.Identity())
         self.block_res_blocks = nn.ModuleList(blocks)
         self.conv_blocks = nn.ModuleList(convs)
@@ -112,7 +119,7 @@ class TemporalDecoder(nn.Module):
 
 
 class TemporalVAE(nn.Module):
-    """VAE_Temporal(_SD): MAGVIT-v2-style causal 3D VAE, 4x in time, no spatial change."""
+    """VAE_Temporal (VAE_Temporal_SD when released: filters 128, mults (1,2,2,4), 4 res blocks, groups 32)."""
 
     def __init__(self, channels=4, latent=4, filters=128, mults=(1, 2, 2, 4), num_res=4,
                  downsample=(False, True, True), groups=32):
@@ -124,21 +131,25 @@ class TemporalVAE(nn.Module):
         self.post_quant_conv = CausalConv3d(latent, latent, 1)
 
     def encode_moments(self, x):
-        x = F.pad(x, (0, 0, 0, 0, -x.shape[2] % self.time_factor, 0))  # zero frames in front
+        """Zero frames in front up to a multiple of the time factor (17 -> 3 + 17 = 20 -> 5 latents)."""
+        x = F.pad(x, (0, 0, 0, 0, -x.shape[2] % self.time_factor, 0))
         mean, logvar = self.quant_conv(self.encoder(x)).chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
     def decode(self, z, num_frames: int):
+        """time_factor frames per latent, minus the front padding the encoder added for num_frames."""
         x = self.decoder(self.post_quant_conv(z))
         return x[:, :, -num_frames % self.time_factor:]
 
 
-def _sample(mean, logvar, noise):
-    return mean if noise is None else mean + torch.exp(0.5 * logvar) * noise.to(mean)
+def generator_noise(generator: torch.Generator):
+    """A noise_fn drawing fp32 standard normals from `generator` (on its device), one call per draw."""
+    return lambda shape: torch.randn(shape, generator=generator, device=generator.device)
 
 
 class OpenSoraVAEv12(nn.Module):
-    """VideoAutoencoderPipeline with keys spatial_vae.module.*, temporal_vae.*, shift, scale."""
+    """VideoAutoencoderPipeline with keys spatial_vae.module.* (diffusers AutoencoderKL), temporal_vae.*,
+    shift, scale."""
 
     def __init__(self, spatial: dict, temporal: dict, micro_frame_size: int = 17, micro_batch_size: int = 4):
         super().__init__()
@@ -148,96 +159,157 @@ class OpenSoraVAEv12(nn.Module):
         self.register_buffer("shift", torch.tensor(SHIFT).reshape(1, -1, 1, 1, 1))
         self.register_buffer("scale", torch.tensor(SCALE).reshape(1, -1, 1, 1, 1))
         self.micro_frame_size, self.micro_batch_size = micro_frame_size, micro_batch_size
-        self.micro_z_frame_size = self.latent_frames(micro_frame_size)
+        self.micro_z_frame_size = self.latent_frames_chunk(micro_frame_size)
         self.spatial_ratio = self.spatial_vae.module.spatial_ratio
         self.latent_channels = self.temporal_vae.post_quant_conv.conv.weight.shape[0]
 
-    def latent_frames(self, num_frames: int) -> int:
-        """5 per 17-frame chunk, plus ceil(rest / 4): 51 -> 15, 1 -> 1, 100 -> 29."""
-        n, r = divmod(num_frames, self.micro_frame_size)
-        return n * self.latent_frames_chunk(self.micro_frame_size) + self.latent_frames_chunk(r)
-
+    # -- frame counts ---------------------------------------------------------------------------
     def latent_frames_chunk(self, frames: int) -> int:
         return -(-frames // self.temporal_vae.time_factor)
 
+    def latent_frames(self, num_frames: int) -> int:
+        """5 per whole 17-frame chunk, plus ceil(rest / 4): 51 -> 15, 1 -> 1, 100 -> 29."""
+        n, rest = divmod(num_frames, self.micro_frame_size)
+        return n * self.micro_z_frame_size + self.latent_frames_chunk(rest)
+
     def check_num_frames(self, num_frames: int):
+        """(problem, fix) when no video of num_frames can be encoded/decoded, else None. Any count >= 1 works."""
         if num_frames < 1:
-            return (f"{num_frames} frames is not a video", "use at least 1 frame")
+            return f"num_frames={num_frames} is not a video", "use at least 1 frame"
         return None
 
+    def check_latent_frames(self, latent_frames: int, num_frames: int):
+        """(problem, fix) when a latent of latent_frames cannot decode to num_frames, else None."""
+        problem = self.check_num_frames(num_frames)
+        if problem or self.latent_frames(num_frames) == latent_frames:
+            return problem
+        chunks = latent_frames // self.micro_z_frame_size + 1
+        fits = [n for n in range(1, chunks * self.micro_frame_size + 1) if self.latent_frames(n) == latent_frames]
+        fix = (f"decode it with num_frames {fits[0]}" + (f" to {fits[-1]}" if len(fits) > 1 else "") if fits else
+               "make the latent with this VAE (OpenSora Empty Latent or VAE Encode)")
+        return (f"num_frames={num_frames} needs {self.latent_frames(num_frames)} latent frames but the latent has "
+                f"{latent_frames}", fix)
+
     # -- encode --------------------------------------------------------------------------------
-    def encode(self, x, sample_posterior: bool = True, noise_fn=None):
-        """x [B,3,T,H,W] in -1..1 -> normalised z [B,4,Tz,h,w]. Without sampling (or noise_fn returning None)
-        it is deterministic (the posterior means). noise_fn(shape) supplies the posterior draws in the original
-        call order: 2D VAE per micro-batch of frames first, then the temporal VAE per chunk."""
-        noise_fn = noise_fn or (lambda shape: torch.randn(shape))
-        b = x.shape[0]
-        frames = rearrange(x, "b c t h w -> (b t) c h w")
-        lat = []
-        for i in range(0, frames.shape[0], self.micro_batch_size):
-            mean, logvar = self.spatial_vae.module.encode_moments(frames[i:i + self.micro_batch_size])
-            lat.append(_sample(mean, logvar, noise_fn(mean.shape) if sample_posterior else None) * SD_SCALE)
-        x_z = rearrange(torch.cat(lat), "(b t) c h w -> b c t h w", b=b)
+    def encode(self, x, sample_posterior: bool = False, generator: torch.Generator | None = None, noise_fn=None):
+        """x [B,3,T,H,W] in -1..1 -> normalised z [B,4,Tz,H/8,W/8].
+
+        Deterministic by default: both stages take their posterior mean. The posterior is sampled when a
+        noise_fn(shape) or a generator is given (or sample_posterior, drawing from torch's global CPU RNG).
+        Draws are requested in the original's order: one per 2D micro-batch of (B T) frames, then one per
+        temporal chunk, so recorded draws can be fed back. The original drew the 2D stage on the device
+        RNG and the temporal stage on the CPU RNG; here one source feeds both, so seeded results do not
+        depend on the device."""
+        if x.ndim != 5 or x.shape[1] != self.spatial_vae.module.encoder.conv_in.weight.shape[1]:
+            raise ValueError(f"the VAE encodes videos [B, 3, T, H, W], got a tensor of shape {tuple(x.shape)}")
+        problem = self.check_num_frames(x.shape[2])
+        if problem:
+            raise ValueError(f"{problem[0]}. Fix: {problem[1]}")
+        if noise_fn is None and generator is not None:
+            noise_fn = generator_noise(generator)
+        elif noise_fn is None and sample_posterior:
+            noise_fn = torch.randn
+        x_z = sd_vae.encode_frames(self.spatial_vae.module, x, self.micro_batch_size, noise_fn)
         zs = []
         for i in range(0, x_z.shape[2], self.micro_frame_size):
             mean, logvar = self.temporal_vae.encode_moments(x_z[:, :, i:i + self.micro_frame_size])
-            zs.append(_sample(mean, logvar, noise_fn(mean.shape) if sample_posterior else None))
-        return (torch.cat(zs, dim=2) - self.shift.to(x_z)) / self.scale.to(x_z)
+            zs.append(sd_vae.sample_posterior(mean, logvar, noise_fn(mean.shape) if noise_fn else None))
+        z = torch.cat(zs, dim=2)
+        return (z - self.shift.to(z)) / self.scale.to(z)
 
     # -- decode --------------------------------------------------------------------------------
-    def decode_chunks(self, z, num_frames: int, spatial_tile: int = 0, spatial_overlap: int = 64):
-        """Yield decoded frames [B,3,t,H,W] chunk by chunk (one temporal chunk in memory at a time)."""
-        z = z * self.scale.to(z) + self.shift.to(z)
-        remaining = num_frames
-        for i in range(0, z.shape[2], self.micro_z_frame_size):
-            n = min(self.micro_frame_size, remaining)
-            x_z = self.temporal_vae.decode(z[:, :, i:i + self.micro_z_frame_size], n)
-            remaining -= self.micro_frame_size
-            yield self.decode_frames(x_z, spatial_tile, spatial_overlap)
+    def chunk_plan(self, latent_frames: int, num_frames: int) -> list[tuple[int, int, int]]:
+        """(first latent, end latent, frames) per native chunk: chunks of micro_z_frame_size latents, each
+        decoding to min(micro_frame_size, frames left)."""
+        problem = self.check_latent_frames(latent_frames, num_frames)
+        if problem:
+            raise ValueError(f"{problem[0]}. Fix: {problem[1]}")
+        plan, left = [], num_frames
+        for i in range(0, latent_frames, self.micro_z_frame_size):
+            plan.append((i, min(i + self.micro_z_frame_size, latent_frames), min(self.micro_frame_size, left)))
+            left -= self.micro_frame_size
+        return plan
 
-    def decode_frames(self, x_z, spatial_tile: int = 0, spatial_overlap: int = 64):
-        b = x_z.shape[0]
-        frames = rearrange(x_z, "b c t h w -> (b t) c h w") / SD_SCALE
-        decode = self.spatial_vae.module.decode
-        if spatial_tile:
-            r = self.spatial_ratio
-            decode = tiling.tiled_2d(decode, spatial_tile // r, max(0, spatial_overlap // r), r)
-        out = [decode(frames[i:i + self.micro_batch_size]) for i in range(0, frames.shape[0], self.micro_batch_size)]
-        return rearrange(torch.cat(out), "(b t) c h w -> b c t h w", b=b)
+    def decode_chunks(self, z, num_frames: int, spatial_tile: int = 0, spatial_overlap: int = 64,
+                      chunks_per_call: int = 1):
+        """Yield frames [B,3,t,H,W] call by call, one call in memory at a time.
+
+        chunks_per_call native chunks of the same length run as one batch through the temporal VAE: nothing
+        in it mixes batch items, so this equals decoding them one by one. spatial_tile/overlap in pixels
+        (0 = off) tile the 2D decoder (approximate, see sd_vae.decode_frames)."""
+        z = z * self.scale.to(z) + self.shift.to(z)
+        plan = self.chunk_plan(z.shape[2], num_frames)
+        r = self.spatial_ratio
+        tile, overlap = (spatial_tile // r, max(0, spatial_overlap) // r) if spatial_tile >= r else (0, 0)
+        while plan:
+            size = plan[0][1] - plan[0][0], plan[0][2]
+            group = list(takewhile(lambda c: (c[1] - c[0], c[2]) == size, plan[:max(1, chunks_per_call)]))
+            plan = plan[len(group):]
+            stacked = torch.cat([z[:, :, a:b] for a, b, _ in group], dim=0)
+            x_z = self.temporal_vae.decode(stacked, group[0][2])
+            x_z = rearrange(x_z, "(k b) c t h w -> b c (k t) h w", k=len(group))
+            yield sd_vae.decode_frames(self.spatial_vae.module, x_z, self.micro_batch_size, tile, overlap)
 
     def decode(self, z, num_frames: int):
+        """The original decode: normalised z [B,4,Tz,h,w] -> x [B,3,num_frames,8h,8w] in about -1..1."""
         return torch.cat(list(self.decode_chunks(z, num_frames)), dim=2)
 
 
 def config_from_state_dict(sd: dict) -> dict:
-    spatial = sd_vae.config_from_state_dict(sd, "spatial_vae.module.")
+    """OpenSoraVAEv12 arguments from tensor shapes; the chunk sizes are not stored and take the released
+    values (micro_frame_size 17, micro_batch_size 4); GroupNorm groups follow sd_vae.norm_groups."""
     p = "temporal_vae.encoder."
+
+    def indices(prefix, at):
+        return {int(k[len(prefix):].split(".")[at]) for k in sd if k.startswith(prefix)}
+
     filters = sd[p + "conv_in.conv.weight"].shape[0]
-    n_blocks = 1 + max(int(k[len(p):].split(".")[1]) for k in sd if k.startswith(p + "block_res_blocks."))
-    mults = tuple(sd[f"{p}block_res_blocks.{i}.0.conv2.conv.weight"].shape[0] // filters for i in range(n_blocks))
-    num_res = 1 + max(int(k[len(p):].split(".")[2]) for k in sd if k.startswith(p + "block_res_blocks.0."))
-    downsample = tuple(f"{p}conv_blocks.{i}.conv.weight" in sd for i in range(n_blocks - 1))
-    temporal = dict(channels=sd[p + "conv_in.conv.weight"].shape[1], latent=sd["temporal_vae.post_quant_conv.conv.weight"].shape[0],
-                    filters=filters, mults=mults, num_res=num_res, downsample=downsample,
+    n_stages = len(indices(p + "block_res_blocks.", 0))
+    temporal = dict(channels=sd[p + "conv_in.conv.weight"].shape[1],
+                    latent=sd["temporal_vae.post_quant_conv.conv.weight"].shape[0], filters=filters,
+                    mults=tuple(sd[f"{p}block_res_blocks.{i}.0.conv2.conv.weight"].shape[0] // filters
+                                for i in range(n_stages)),
+                    num_res=len(indices(p + "block_res_blocks.0.", 0)),
+                    downsample=tuple(f"{p}conv_blocks.{i}.conv.weight" in sd for i in range(n_stages - 1)),
                     groups=sd_vae.norm_groups(filters))
-    return dict(spatial=spatial, temporal=temporal)
+    return dict(spatial=sd_vae.config_from_state_dict(sd, "spatial_vae.module."), temporal=temporal,
+                micro_frame_size=17, micro_batch_size=4)
 
 
-def load_vae_v1_2(sd: dict, micro_frame_size: int = 17) -> OpenSoraVAEv12:
-    """micro_frame_size is not stored in the checkpoint: 17 for the released VAE (chunks of 5 latents)."""
-    cfg = config_from_state_dict(sd)
-    cfg["micro_frame_size"] = micro_frame_size
+def load_vae_v1_2(sd: dict, **overrides) -> OpenSoraVAEv12:
+    """Strict load of a released-layout state dict (hpcai-tech/OpenSora-VAE-v1.2 model.safetensors).
+    overrides: micro_frame_size / micro_batch_size (the golden tiny model uses micro_frame_size 5)."""
+    cfg = {**config_from_state_dict(sd), **overrides}
     return build_strict(lambda: OpenSoraVAEv12(**cfg), sd, "Open-Sora VAE v1.2")
 
 
 def decode_tiled(model: OpenSoraVAEv12, z, num_frames: int, temporal_chunk: int = 0, temporal_overlap: int = 0,
-                 spatial_tile: int = 0, spatial_overlap: int = 64, progress=None):
-    """Decode with bounded memory: temporal chunks are the VAE's own (exact); any temporal_chunk is rounded to
-    whole native chunks, since the temporal VAE sees one chunk at a time anyway and overlap would only
-    repeat work. Spatial tiling blends overlapping tiles of the 2D decoder (approximate)."""
-    chunks = []
-    for i, frames in enumerate(model.decode_chunks(z, num_frames, spatial_tile, spatial_overlap)):
-        chunks.append(frames.float().cpu())
+                 spatial_tile: int = 0, spatial_overlap: int = 64, progress=None, out_device="cpu"):
+    """Decode with bounded memory into a float32 video on out_device (the CPU by default).
+
+    Time: the original already decodes in native chunks of micro_z_frame_size latents (5 = 17 frames), each
+    alone; that is exact, so time is never cut anywhere else. temporal_chunk (latent frames per call, 0 = one
+    native chunk) is rounded down to whole native chunks, which run as one batch (more memory, fewer calls,
+    same result). temporal_overlap is not used: a window straddling two native chunks would decode latents
+    the original never decoded together (its GroupNorms and causal padding see the whole chunk), and exact
+    chunks need no cross-fade. Device memory is one call's worth whatever the video length; only the
+    output on out_device grows with it.
+
+    Space: spatial_tile > 0 (pixels) decodes the 2D VAE in blended tiles sharing spatial_overlap pixels,
+    approximate (its GroupNorm statistics, 3x3 convs and mid-block attention span the frame). The temporal
+    VAE is never tiled in space: it runs at latent resolution (8x smaller) and its GroupNorm statistics span
+    the whole chunk.
+
+    progress(done) is called with the number of native chunks decoded so far."""
+    b, _, _, h, w = z.shape
+    r = model.spatial_ratio
+    per_call = max(1, temporal_chunk // model.micro_z_frame_size)
+    out, start = None, 0
+    for frames in model.decode_chunks(z, num_frames, spatial_tile, spatial_overlap, per_call):
+        if out is None:
+            out = torch.empty(b, frames.shape[1], num_frames, h * r, w * r, device=out_device)
+        out[:, :, start:start + frames.shape[2]] = frames.to(out_device, torch.float32)
+        start += frames.shape[2]
         if progress is not None:
-            progress(i + 1)
-    return torch.cat(chunks, dim=2)
+            progress(-(-start // model.micro_frame_size))  # every chunk but the last has micro_frame_size frames
+    return out
