@@ -1,14 +1,35 @@
 """Execute an API prompt the way ComfyUI's execution.py does, without a server.
 
-Only the nodes the output nodes need run, in dependency order (ComfyUI's "ux friendly" pick), under
-torch.inference_mode(). One Executor keeps its outputs between runs: a node whose class, constant inputs,
-IS_CHANGED value and ancestors are unchanged is not run again (ComfyUI's input-signature cache).
+What is reproduced (ComfyUI 0.3.64 `PromptExecutor.execute_async`, `execute`, `comfy_execution.graph.ExecutionList`,
+`comfy_execution.caching` with the default "classic" cache):
+  * only the output nodes (or the given output ids) and the ancestors they need run, in dependency order, with
+    ComfyUI's ux-friendly pick among the ready nodes (output node first, then a node feeding one, then one two
+    links away, else the first ready one);
+  * the whole run is under torch.inference_mode();
+  * outputs are cached by input signature: class_type + IS_CHANGED result + constant inputs + the same for every
+    ancestor (+ the node id for NOT_IDEMPOTENT classes or a hidden UNIQUE_ID). A node whose signature was computed
+    before is not run again, in this run or a later one of the same Executor; entries the current prompt does not
+    use are dropped (the classic cache), and node instances are kept per (node id, class_type);
+  * inputs are handed over as ComfyUI does: a node is called once per index of its longest input list (shorter
+    lists repeat their last item), INPUT_IS_LIST nodes once with whole lists, OUTPUT_IS_LIST outputs are
+    concatenated, `ui` dicts are merged key by key as lists; absent optional inputs are not passed; hidden inputs
+    PROMPT, EXTRA_PNGINFO and UNIQUE_ID are filled in;
+  * events as the server sends them over its websocket (execution_start, execution_cached, executing, progress,
+    executed, execution_success, execution_error, execution_interrupted), to `on_event(event, data)`.
+
+Not reproduced: node expansion ({"expand": ...}) and ExecutionBlocker (a clear error instead), lazy inputs (they
+are computed eagerly, so check_lazy_status has nothing to ask for), and ComfyUI writing `is_changed` into the
+prompt that PROMPT hidden inputs see.
 """
 from __future__ import annotations
 
+import asyncio
 import inspect
-import math
+import logging
+import sys
 import time
+import traceback
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -16,224 +37,388 @@ from .. import comfy_adapter
 
 
 class NodeExecutionError(RuntimeError):
-    def __init__(self, node_id: str, class_type: str, original: BaseException):
-        self.node_id, self.class_type, self.original = node_id, class_type, original
+    """A node raised while running. `details` is the server's execution_error payload."""
+
+    def __init__(self, node_id: str, class_type: str, original: BaseException, details: dict | None = None):
+        self.node_id, self.class_type, self.original, self.details = node_id, class_type, original, details or {}
         super().__init__(f"node {node_id} ({class_type}) failed: {type(original).__name__}: {original}")
 
 
 class ExecutionInterrupted(RuntimeError):
+    """The run was cancelled (comfy_adapter.request_cancel, Ctrl-C); it stopped between nodes or steps."""
+
+    def __init__(self, node_id: str, class_type: str):
+        self.node_id, self.class_type = node_id, class_type
+        super().__init__(f"cancelled while running node {node_id} ({class_type})")
+
+
+class DependencyCycleError(Exception):
     pass
 
 
+# --------------------------------------------------------------------------------------------
+# How ComfyUI hands inputs to a node function (shared with validate.py for VALIDATE_INPUTS)
+# --------------------------------------------------------------------------------------------
 def is_link(value) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+    """comfy_execution.graph_utils.is_link: ["node id", output index]."""
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+            and isinstance(value[1], (int, float)))
 
 
-def _declared(cls) -> dict:
-    spec = cls.INPUT_TYPES()
-    return {**spec.get("required", {}), **spec.get("optional", {})}, spec.get("hidden", {})
+def input_info(input_types: dict, name: str):
+    """(type, category, options) of one input in an INPUT_TYPES dict (comfy_execution.graph.get_input_info);
+    required wins over optional over hidden; (None, None, None) when the input is not declared."""
+    for category in ("required", "optional", "hidden"):
+        if name in input_types.get(category, {}):
+            entry = input_types[category][name]
+            if isinstance(entry, str):  # hidden inputs are declared by a bare kind: "PROMPT"
+                return entry, category, {}
+            return entry[0], category, (entry[1] if len(entry) > 1 else {})
+    return None, None, None
 
 
-def _nan_safe(value):
-    """IS_CHANGED results enter the cache key; NaN never equals itself, so it always re-runs (as ComfyUI)."""
-    return ("nan", time.monotonic_ns()) if isinstance(value, float) and math.isnan(value) else value
+def full_type_name(cls) -> str:
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
+def input_lists(inputs: dict, input_types: dict, node_id: str, upstream=None, prompt=None,
+                extra_data=None) -> dict:
+    """Every input as the list a node function is mapped over (execution.get_input_data).
+
+    A link gives the upstream output list, `upstream(node_id)` -> that node's output lists; without `upstream`
+    (IS_CHANGED, VALIDATE_INPUTS) or when the output is missing a link gives (None,). A declared constant gives
+    [value]; undeclared constants are dropped (undeclared links are not, as in ComfyUI). Hidden inputs are
+    filled in: PROMPT is {} when no prompt is given, as ComfyUI does before execution.
+    """
+    extra_data = extra_data or {}
+    values = {}
+    for name, value in inputs.items():
+        _, category, options = input_info(input_types, name)
+        if is_link(value) and not (options or {}).get("rawLink", False):
+            outputs = upstream(value[0]) if upstream is not None else None
+            values[name] = outputs[value[1]] if outputs is not None and value[1] < len(outputs) else (None,)
+        elif category is not None:
+            values[name] = [value]
+    hidden = {"PROMPT": prompt if prompt is not None else {}, "DYNPROMPT": None,
+              "EXTRA_PNGINFO": extra_data.get("extra_pnginfo"), "UNIQUE_ID": node_id,
+              "AUTH_TOKEN_COMFY_ORG": extra_data.get("auth_token_comfy_org"),
+              "API_KEY_COMFY_ORG": extra_data.get("api_key_comfy_org")}
+    for name, kind in input_types.get("hidden", {}).items():
+        if kind in hidden:
+            values[name] = [hidden[kind]]
+    return values
+
+
+def map_over_lists(fn, values: dict, input_is_list: bool = False, allow_interrupt: bool = False) -> list:
+    """Call fn once per index of the longest input list, shorter lists repeating their last item; once with
+    the whole lists for INPUT_IS_LIST; once with no arguments when there are no values at all
+    (execution._async_map_node_over_list). With allow_interrupt, a pending cancel stops before each call."""
+
+    def call(kwargs):
+        if allow_interrupt:
+            comfy_adapter.check_interrupt()
+        result = fn(**kwargs)
+        return asyncio.run(result) if inspect.isawaitable(result) else result
+
+    if input_is_list:
+        return [call(values)]
+    n = max((len(v) for v in values.values()), default=0)
+    if n == 0:
+        return [call({})]
+    return [call({k: v[i if len(v) > i else -1] for k, v in values.items()}) for i in range(n)]
+
+
+def merge_returns(results: list, cls) -> tuple[list, dict]:
+    """(output lists, ui) from the return values of the mapped calls (execution.get_output_from_returns)."""
+    tuples, uis = [], []
+    for r in results:
+        if isinstance(r, dict):
+            if "expand" in r:
+                raise NotImplementedError("node expansion ({'expand': ...}) is not supported by the headless "
+                                          "executor")
+            if "ui" in r:
+                uis.append(r["ui"])
+            if "result" in r:
+                tuples.append(r["result"])
+        else:
+            tuples.append(r)
+    for t in tuples:
+        if not isinstance(t, (tuple, list)):
+            raise TypeError(f"{cls.__name__}.{cls.FUNCTION} returned {type(t).__name__}: return a tuple matching "
+                            f"RETURN_TYPES {tuple(cls.RETURN_TYPES)}, or {{'ui': ..., 'result': (...)}}")
+    outputs = []
+    if tuples:
+        is_list = getattr(cls, "OUTPUT_IS_LIST", [False] * len(tuples[0]))
+        for i, listed in zip(range(len(tuples[0])), is_list):
+            outputs.append([x for t in tuples for x in t[i]] if listed else [t[i] for t in tuples])
+    # ComfyUI takes the keys of the first ui and concatenates the values: ui values must be lists.
+    ui = {k: [y for u in uis for y in u[k]] for k in uis[0]} if uis else {}
+    return outputs, ui
+
+
+# --------------------------------------------------------------------------------------------
+# Cache keys (comfy_execution.caching.CacheKeySetInputSignature)
+# --------------------------------------------------------------------------------------------
+def hashable(value):
+    """A hashable stand-in for an input value. Anything else than plain data (tensors, objects) becomes a fresh
+    object that equals nothing, so a signature holding it never hits the cache, as ComfyUI's Unhashable."""
+    if isinstance(value, (int, float, str, bool, type(None))):
+        return value
+    if isinstance(value, Mapping):
+        return frozenset((hashable(k), hashable(v)) for k, v in value.items())
+    if isinstance(value, Sequence):
+        return tuple(hashable(v) for v in value)
+    return object()
+
+
+def ordered_ancestors(prompt: dict, node_id: str) -> dict:
+    """Ancestor id -> index, depth first through the inputs in sorted name order: the numbering lets a
+    signature refer to ancestors without their ids, so an identical sub-graph under other ids hits the cache."""
+    order = {}
+
+    def visit(nid):
+        if nid not in prompt:
+            return
+        inputs = prompt[nid]["inputs"]
+        for key in sorted(inputs):
+            if is_link(inputs[key]) and inputs[key][0] not in order:
+                order[inputs[key][0]] = len(order)
+                visit(inputs[key][0])
+
+    visit(node_id)
+    return order
+
+
+def _uses_node_id(cls, input_types) -> bool:
+    return bool(getattr(cls, "NOT_IDEMPOTENT", False)) or "UNIQUE_ID" in input_types.get("hidden", {}).values()
+
+
+def _is_output(cls) -> bool:
+    return getattr(cls, "OUTPUT_NODE", False) is True
+
+
+def _is_interrupt(e: BaseException) -> bool:
+    # Inside ComfyUI check_interrupt raises ComfyUI's own InterruptProcessingException.
+    return isinstance(e, (comfy_adapter.Interrupted, KeyboardInterrupt)) or \
+        type(e).__name__ == "InterruptProcessingException"
+
+
+def _format_value(x):
+    return x if x is None or isinstance(x, (int, float, bool, str)) else str(x)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --------------------------------------------------------------------------------------------
+# Order of execution (comfy_execution.graph.ExecutionList)
+# --------------------------------------------------------------------------------------------
+def _add_node(prompt, start, pending, blocking, waiting_on, is_cached):
+    """Add `start` and its not-yet-cached ancestors: depth first with a stack, as ComfyUI's add_node, because the
+    insertion order decides which of several ready nodes runs first."""
+    stack, links = [start], []
+    while stack:
+        nid = stack.pop()
+        if nid in pending:
+            continue
+        if nid not in prompt:
+            raise KeyError(f"node {nid} is linked to but not in the prompt: validate the prompt first")
+        pending[nid] = True
+        blocking[nid], waiting_on[nid] = set(), set()
+        for value in prompt[nid]["inputs"].values():
+            if is_link(value) and not is_cached(value[0]):
+                stack.append(value[0])
+                links.append((value[0], nid))
+    for src, dst in links:
+        blocking[src].add(dst)
+        waiting_on[dst].add(src)
+
+
+def _pick(ready: list, blocking: dict, is_output) -> str:
+    """ComfyUI's ux_friendly_pick_node: a preview shows up as soon as it can."""
+    for nid in ready:
+        if is_output(nid):
+            return nid
+    for nid in ready:
+        if any(is_output(b) for b in blocking[nid]):
+            return nid
+    for nid in ready:
+        if any(is_output(b2) for b in blocking[nid] for b2 in blocking[b]):
+            return nid
+    return ready[0]
+
+
+def _blamed_for_cycle(pending: dict, waiting_on: dict) -> str:
+    """First node left once every node that waits on nothing pending is dissolved (get_nodes_in_cycle)."""
+    left = {nid: set(waiting_on[nid]) & set(pending) for nid in pending}
+    while free := [nid for nid, w in left.items() if not w]:
+        for nid in free:
+            del left[nid]
+        for w in left.values():
+            w.difference_update(free)
+    return next(iter(left))
+
+
+# --------------------------------------------------------------------------------------------
 class Executor:
+    """One per session: keeps outputs, UI results and node instances between runs, as a ComfyUI server."""
+
     def __init__(self, classes: dict):
         self.classes = classes
-        self.outputs: dict[str, tuple] = {}      # node id -> (signature, output lists, ui)
-        self.objects: dict[tuple, object] = {}   # (node id, class_type) -> instance, reused as ComfyUI does
+        self.outputs: dict = {}   # signature -> output lists
+        self.ui: dict = {}        # signature -> merged ui dict
+        self.objects: dict = {}   # (node id, class_type) -> node instance
+        self._types: dict = {}    # class_type -> INPUT_TYPES(), read once per run (model lists scan folders)
 
-    # ----------------------------------------------------------------------------------------
-    def _is_changed(self, node_id, node):
-        cls = self.classes[node["class_type"]]
-        fn = getattr(cls, "IS_CHANGED", None)
-        if fn is None:
-            return None
-        consts = {k: v for k, v in node["inputs"].items() if not is_link(v)}
-        try:
-            params = inspect.signature(fn).parameters
-            if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-                consts = {k: v for k, v in consts.items() if k in params}
-            return _nan_safe(fn(**consts))
-        except Exception:  # noqa: BLE001 - ComfyUI treats a failing IS_CHANGED as "always changed"
-            return ("failed", time.monotonic_ns())
+    def _input_types(self, class_type) -> dict:
+        if class_type not in self._types:
+            self._types[class_type] = self.classes[class_type].INPUT_TYPES()
+        return self._types[class_type]
 
-    def _signature(self, prompt, node_id, memo):
-        if node_id in memo:
-            return memo[node_id]
-        node = prompt[node_id]
-        cls = self.classes[node["class_type"]]
-        declared, hidden = _declared(cls)
-        parts = [node["class_type"], repr(self._is_changed(node_id, node))]
-        for name in sorted(node["inputs"]):
-            value = node["inputs"][name]
-            if is_link(value):
-                parts.append((name, "link", self._signature(prompt, value[0], memo), value[1]))
-            else:
-                parts.append((name, repr(value)))
-        if getattr(cls, "NOT_IDEMPOTENT", False) or "UNIQUE_ID" in hidden.values():
-            parts.append(("id", node_id))
-        memo[node_id] = repr(parts)
-        return memo[node_id]
-
-    # ----------------------------------------------------------------------------------------
-    def _needed(self, prompt, outputs) -> list[str]:
-        seen, order = set(), []
-
-        def visit(nid, stack):
-            if nid in seen:
-                return
-            if nid in stack:
-                raise ValueError(f"dependency cycle through node {nid}")
-            stack.add(nid)
-            for value in prompt[nid]["inputs"].values():
-                if is_link(value):
-                    visit(value[0], stack)
-            stack.discard(nid)
-            seen.add(nid)
-            order.append(nid)
-
-        for nid in outputs:
-            visit(nid, set())
-        return order
-
-    def _pick_order(self, prompt, needed, outputs) -> list[str]:
-        """ComfyUI's ux_friendly_pick_node: among ready nodes prefer an output node, then a node feeding an
-        output node, then one two links away, else the first ready one."""
-        deps = {nid: {v[0] for v in prompt[nid]["inputs"].values() if is_link(v)} for nid in needed}
-        users = {nid: set() for nid in needed}
-        for nid, ds in deps.items():
-            for d in ds:
-                users[d].add(nid)
-        output_set = set(outputs)
-        done, order = set(), []
-        pending = list(needed)
-        while pending:
-            ready = [n for n in pending if deps[n] <= done]
-
-            def rank(n):
-                if n in output_set:
-                    return 0
-                if users[n] & output_set:
-                    return 1
-                if any(users[u] & output_set for u in users[n]):
-                    return 2
-                return 3
-
-            pick = min(ready, key=lambda n: (rank(n), pending.index(n)))
-            pending.remove(pick)
-            done.add(pick)
-            order.append(pick)
-        return order
-
-    # ----------------------------------------------------------------------------------------
-    def _call(self, node_id, node, inputs_by_name, extra_data, prompt):
-        cls = self.classes[node["class_type"]]
-        declared, hidden = _declared(cls)
-        for name, kind in hidden.items():
-            if kind == "PROMPT":
-                inputs_by_name[name] = [prompt]
-            elif kind == "EXTRA_PNGINFO":
-                inputs_by_name[name] = [extra_data.get("extra_pnginfo")]
-            elif kind == "UNIQUE_ID":
-                inputs_by_name[name] = [node_id]
-        key = (node_id, node["class_type"])
-        if key not in self.objects:
-            self.objects[key] = cls()
-        obj = self.objects[key]
-        fn = getattr(obj, cls.FUNCTION)
-        if getattr(cls, "INPUT_IS_LIST", False):
-            calls = [inputs_by_name]
-        else:
-            n = max((len(v) for v in inputs_by_name.values()), default=1)
-            n = 0 if any(len(v) == 0 for v in inputs_by_name.values()) else n
-            calls = [{k: v[min(i, len(v) - 1)] for k, v in inputs_by_name.items()} for i in range(n)]
-        results, uis = [], []
-        for kwargs in calls:
-            comfy_adapter.check_interrupt()
-            ret = fn(**kwargs)
-            if isinstance(ret, dict):
-                if "ui" in ret:
-                    uis.append(ret["ui"])
-                ret = ret.get("result", ())
-            results.append(tuple(ret) if ret is not None else ())
-        n_out = len(cls.RETURN_TYPES)
-        is_list = list(getattr(cls, "OUTPUT_IS_LIST", [False] * n_out))
-        outputs = []
-        for i in range(n_out):
-            if is_list[i]:
-                outputs.append([x for r in results for x in r[i]])
-            else:
-                outputs.append([r[i] for r in results])
-        ui = {}
-        for u in uis:
-            for k, v in u.items():
-                ui.setdefault(k, []).extend(v if isinstance(v, (list, tuple)) else [v])
-        return outputs, ui
-
-    def run(self, prompt: dict, extra_data: dict | None = None, outputs: list | None = None, on_event=None) -> dict:
+    def run(self, prompt: dict, extra_data: dict | None = None, outputs: list | None = None,
+            on_event=None) -> dict:
+        """Run what `outputs` (default: every OUTPUT_NODE) needs. Returns {"outputs": {node id: ui},
+        "executed": [ids run now], "cached": [ids whose result was reused]}. Raises NodeExecutionError or
+        ExecutionInterrupted after emitting execution_error / execution_interrupted."""
         emit = on_event or (lambda event, data: None)
         extra_data = extra_data or {}
-        comfy_adapter.clear_cancel()
-        if outputs is None:
-            outputs = [nid for nid, n in prompt.items()
-                       if getattr(self.classes[n["class_type"]], "OUTPUT_NODE", False)]
-        needed = self._needed(prompt, outputs)
-        order = self._pick_order(prompt, needed, outputs)
-        memo = {}
-        signatures = {nid: self._signature(prompt, nid, memo) for nid in needed}
-        cached = [nid for nid in order if nid in self.outputs and self.outputs[nid][0] == signatures[nid]]
-        emit("execution_start", {"timestamp": time.time()})
-        emit("execution_cached", {"nodes": cached})
-        executed, result_ui = [], {}
+        comfy_adapter.clear_cancel()  # as nodes.interrupt_processing(False) at the start of every prompt
+        unknown = sorted({n.get("class_type") for n in prompt.values()} - set(self.classes), key=str)
+        if unknown:
+            raise ValueError(f"unknown node types {unknown}: validate the prompt first")
+        self._types = {}
+        emit("execution_start", {"timestamp": _now_ms()})
         current = {"node": None}
-
-        def progress_hook(node, value, total):
-            emit("progress", {"value": value, "max": total, "node": node or current["node"]})
-
-        previous_hook = comfy_adapter._progress_hook
-        comfy_adapter.set_progress_hook(progress_hook)
+        comfy_adapter.set_progress_hook(lambda node, value, total: emit(
+            "progress", {"value": value, "max": total, "node": node or current["node"]}))
         try:
             with torch.inference_mode():
-                for nid in order:
-                    node = prompt[nid]
-                    if nid in cached:
-                        ui = self.outputs[nid][2]
-                    else:
-                        current["node"] = nid
-                        emit("executing", {"node": nid})
-                        inputs = {}
-                        for name, value in node["inputs"].items():
-                            if is_link(value):
-                                inputs[name] = self.outputs[value[0]][1][value[1]]
-                            else:
-                                inputs[name] = [value]
-                        declared, _ = _declared(self.classes[node["class_type"]])
-                        inputs = {k: v for k, v in inputs.items() if k in declared}
-                        try:
-                            outs, ui = self._call(nid, node, inputs, extra_data, prompt)
-                        except (comfy_adapter.Interrupted, KeyboardInterrupt) as e:
-                            emit("execution_interrupted", {"node_id": nid, "node_type": node["class_type"],
-                                                           "executed": executed})
-                            raise ExecutionInterrupted(f"cancelled while running node {nid}") from e
-                        except Exception as e:  # noqa: BLE001 - reported with the node that raised it
-                            if comfy_adapter.IN_COMFY and type(e).__name__ == "InterruptProcessingException":
-                                raise
-                            emit("execution_error", {"node_id": nid, "node_type": node["class_type"],
-                                                     "exception_message": str(e),
-                                                     "exception_type": type(e).__name__, "executed": executed})
-                            raise NodeExecutionError(nid, node["class_type"], e) from e
-                        self.outputs[nid] = (signatures[nid], outs, ui)
-                        executed.append(nid)
-                    if ui:
-                        result_ui[nid] = ui
-                        emit("executed", {"node": nid, "output": ui})
+                return self._run(prompt, extra_data, outputs, emit, current)
         finally:
-            comfy_adapter.set_progress_hook(previous_hook)
-        for stale in [nid for nid in self.outputs if nid not in signatures]:
-            del self.outputs[stale]  # as ComfyUI's classic cache: keep only what this prompt uses
-        emit("execution_success", {})
-        emit("executing", {"node": None})
-        return {"outputs": result_ui, "executed": executed, "cached": cached}
+            comfy_adapter.set_progress_hook(None)
+            emit("executing", {"node": None})
+
+    # ----------------------------------------------------------------------------------------
+    def _is_changed(self, prompt, node_id):
+        """IS_CHANGED on the class with the constant inputs only (links are None); raising means NaN."""
+        cls = self.classes[prompt[node_id]["class_type"]]
+        if not hasattr(cls, "IS_CHANGED"):
+            return False
+        values = input_lists(prompt[node_id]["inputs"], self._input_types(prompt[node_id]["class_type"]), node_id)
+        try:
+            return map_over_lists(cls.IS_CHANGED, values, getattr(cls, "INPUT_IS_LIST", False))
+        except Exception as e:  # noqa: BLE001 - ComfyUI: any failure means "always changed"
+            logging.warning("WARNING: %s", e)
+            return float("nan")
+
+    def _signatures(self, prompt) -> dict:
+        is_changed = {}
+
+        def immediate(nid, order):
+            if nid not in prompt:
+                return [float("nan")]  # a link to a missing node can never be cached
+            node = prompt[nid]
+            cls = self.classes[node["class_type"]]
+            if nid not in is_changed:
+                is_changed[nid] = self._is_changed(prompt, nid)
+            sig = [node["class_type"], is_changed[nid]]
+            if _uses_node_id(cls, self._input_types(node["class_type"])):
+                sig.append(nid)
+            for key in sorted(node["inputs"]):
+                value = node["inputs"][key]
+                sig.append((key, ("ANCESTOR", order[value[0]], value[1]) if is_link(value) else value))
+            return sig
+
+        signatures = {}
+        for nid in prompt:
+            order = ordered_ancestors(prompt, nid)
+            signatures[nid] = hashable([immediate(nid, order)] + [immediate(a, order) for a in order])
+        return signatures
+
+    def _forget_unused(self, prompt, signatures):
+        """The classic cache keeps only what the current prompt can use."""
+        used = set(signatures.values())
+        self.outputs = {k: v for k, v in self.outputs.items() if k in used}
+        self.ui = {k: v for k, v in self.ui.items() if k in used}
+        keep = {(nid, node["class_type"]) for nid, node in prompt.items()}
+        self.objects = {k: v for k, v in self.objects.items() if k in keep}
+
+    def _run(self, prompt, extra_data, outputs, emit, current):
+        signatures = self._signatures(prompt)
+        self._forget_unused(prompt, signatures)
+        cached = [nid for nid in prompt if signatures[nid] in self.outputs]
+        emit("execution_cached", {"nodes": cached, "timestamp": _now_ms()})
+
+        def is_output(nid):
+            return _is_output(self.classes[prompt[nid]["class_type"]])
+
+        if outputs is None:
+            outputs = [nid for nid in prompt if is_output(nid)]
+        pending, blocking, waiting_on = {}, {}, {}
+        for nid in outputs:
+            _add_node(prompt, nid, pending, blocking, waiting_on, lambda n: signatures.get(n) in self.outputs)
+
+        executed = []
+        while pending:
+            ready = [nid for nid in pending if not waiting_on[nid]]
+            if not ready:
+                nid = _blamed_for_cycle(pending, waiting_on)
+                error = DependencyCycleError("Dependency cycle detected")
+                emit("execution_error", {"node_id": nid, "node_type": prompt[nid]["class_type"],
+                                         "executed": list(executed), "exception_message": str(error),
+                                         "exception_type": "graph.DependencyCycleError", "traceback": [],
+                                         "current_inputs": [], "timestamp": _now_ms()})
+                raise NodeExecutionError(nid, prompt[nid]["class_type"], error)
+            nid = _pick(ready, blocking, is_output)
+            current["node"] = nid
+            if self._execute(prompt, nid, signatures, extra_data, executed, emit):
+                executed.append(nid)
+            del pending[nid]
+            for dst in blocking.pop(nid):
+                waiting_on[dst].discard(nid)
+
+        emit("execution_success", {"timestamp": _now_ms()})
+        ui = {nid: self.ui[signatures[nid]] for nid in prompt if signatures[nid] in self.ui}
+        return {"outputs": ui, "executed": executed, "cached": cached}
+
+    def _execute(self, prompt, nid, signatures, extra_data, executed, emit) -> bool:
+        """Run one node unless its signature is cached (then only its UI is re-sent). True when it ran."""
+        sig = signatures[nid]
+        class_type = prompt[nid]["class_type"]
+        if sig in self.outputs:
+            emit("executed", {"node": nid, "display_node": nid, "output": self.ui.get(sig)})
+            return False
+        emit("executing", {"node": nid, "display_node": nid})
+        cls = self.classes[class_type]
+        values = None
+        try:
+            values = input_lists(prompt[nid]["inputs"], self._input_types(class_type), nid,
+                                 upstream=lambda src: self.outputs.get(signatures.get(src)),
+                                 prompt=prompt, extra_data=extra_data)
+            obj = self.objects.get((nid, class_type))
+            if obj is None:
+                obj = self.objects[(nid, class_type)] = cls()
+            results = map_over_lists(getattr(obj, cls.FUNCTION), values, getattr(cls, "INPUT_IS_LIST", False),
+                                     allow_interrupt=True)
+            outputs, ui = merge_returns(results, cls)
+        except BaseException as e:  # noqa: BLE001 - every failure is reported with the node that raised it
+            if _is_interrupt(e):
+                emit("execution_interrupted", {"node_id": nid, "node_type": class_type, "executed": list(executed),
+                                               "timestamp": _now_ms()})
+                raise ExecutionInterrupted(nid, class_type) from e
+            if not isinstance(e, Exception):
+                raise  # SystemExit and the like are not node failures
+            details = {
+                "node_id": nid, "node_type": class_type, "executed": list(executed),
+                "exception_message": str(e), "exception_type": full_type_name(type(e)),
+                "traceback": traceback.format_tb(sys.exc_info()[2]),
+                "current_inputs": {k: [_format_value(x) for x in v] for k, v in (values or {}).items()},
+                "current_outputs": [n for n in prompt if signatures[n] in self.outputs]}
+            emit("execution_error", {**details, "timestamp": _now_ms()})
+            raise NodeExecutionError(nid, class_type, e, details) from e
+        if ui:
+            self.ui[sig] = ui
+            emit("executed", {"node": nid, "display_node": nid, "output": ui})
+        self.outputs[sig] = outputs
+        return True
