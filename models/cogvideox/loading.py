@@ -7,6 +7,7 @@ import os
 
 from ..checkpoint import build_strict, load_state_dict_file
 from .transformer import CogVideoXTransformer3D
+from .schedulers import SNR_SHIFT  # noqa: F401  (re-exported for run.py)
 from .vae import CogVideoXVAE, SCALING
 
 # Released configurations (diffusers names), keyed by variant.
@@ -24,8 +25,7 @@ VARIANTS = {
                 "sample_height": 300, "sample_frames": 81, "ofs_embed_dim": 512},
 }
 # Per variant: VAE scaling factor, whether I2V divides by it (1.5), scheduler SNR shift.
-SCALE = {"2b": SCALING["2b"], "5b": 0.7, "5b_i2v": 0.7, "1.5": 0.7, "1.5_i2v": 0.7}
-SNR_SHIFT = {"2b": 3.0, "5b": 1.0, "5b_i2v": 1.0, "1.5": 1.0, "1.5_i2v": 1.0}
+SCALE = SCALING  # one table per fact: the VAE module owns scaling, the schedulers own the SNR shift
 
 
 def variant_of(config: dict) -> str:
