@@ -35,6 +35,11 @@ MODEL_FOLDERS = {
     PACK_FOLDER: [PACK_FOLDER],
 }
 
+# The bundled demo model (demo/train.py) ships in the pack, laid out like a models folder; its files are
+# listed next to the user's in every loader, so it needs no special code path.
+DEMO_MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_models")
+DEMO_FOLDERS = ("diffusion_models", "vae", "text_encoders")
+
 _settings = {"models_dir": None, "output_dir": None, "input_dir": None, "temp_dir": None, "device": None}
 
 
@@ -83,13 +88,17 @@ def register_model_folders():
         return
     path = os.path.join(folder_paths.models_dir, PACK_FOLDER)
     folder_paths.add_model_folder_path(PACK_FOLDER, path, is_default=True)
+    for kind in DEMO_FOLDERS:
+        if kind in folder_paths.folder_names_and_paths:
+            folder_paths.add_model_folder_path(kind, os.path.join(DEMO_MODELS_DIR, kind))
     # Directories (HF folders) are listed by list_models(), so no extension filter is needed here.
 
 
 def _folder_roots(kind: str) -> list[str]:
     if IN_COMFY and kind in getattr(folder_paths, "folder_names_and_paths", {}):
         return list(folder_paths.get_folder_paths(kind))
-    return [os.path.join(models_dir(), sub) for sub in MODEL_FOLDERS[kind]]
+    roots = [os.path.join(models_dir(), sub) for sub in MODEL_FOLDERS[kind]]
+    return roots + ([os.path.join(DEMO_MODELS_DIR, kind)] if kind in DEMO_FOLDERS else [])
 
 
 MODEL_DIR_MARKERS = {"config.json", "model_index.json"}

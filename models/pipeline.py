@@ -19,21 +19,31 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import comfy_adapter
-from . import checkpoint, devices, mask_strategy, noise as noise_mod, offload, rflow, tiling
+from . import checkpoint, devices, iddpm, mask_strategy, noise as noise_mod, offload, rflow, sd_vae, tiling
 from .cogvideox import loading as cogvideox_loading, run as cogvideox_run, sat as cogvideox_sat
-from .opensora import buckets, stdit3, vae_v1_2
+from .opensora import buckets, stdit, stdit2, stdit3, vae_v1_2
 from .text_encoders import T5_MAX_LENGTH, TextEncoderError, clean_caption, load_t5, t5_encode
 
-TEXT_FAMILIES = ["opensora-v1.2", "cogvideox"]
-SCHEDULERS = ["rflow", "dpm", "ddim"]
-FAMILY_SCHEDULERS = {"opensora-v1.2": ["rflow"], "cogvideox": cogvideox_run.SCHEDULERS}
+# Combo lists of the nodes: new entries go at the end (saved workflows store the values, not positions, but
+# the defaults are the first entries).
+TEXT_FAMILIES = ["opensora-v1.2", "cogvideox", "opensora-v1.0", "opensora-v1.1"]
+SCHEDULERS = ["rflow", "dpm", "ddim", "iddpm"]
+FAMILY_SCHEDULERS = {"opensora-v1.2": ["rflow"], "cogvideox": cogvideox_run.SCHEDULERS,
+                     "opensora-v1.0": ["iddpm"], "opensora-v1.1": ["iddpm"]}
+TEXT_LENGTH = {"opensora-v1.0": T5_MAX_LENGTH["v1.0"], "opensora-v1.1": T5_MAX_LENGTH["v1.1"],
+               "opensora-v1.2": T5_MAX_LENGTH["v1.2"]}
 RESOLUTIONS = ["144p", "240p", "360p", "480p", "720p", "1080p", "custom"]
 # Width:height, as users read aspect ratios; Open-Sora 1.2 keys its tables height:width (see bucket_size).
 ASPECT_RATIOS = ["16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "2:1", "1:2", "17:9", "9:17", "21:9", "8:3",
                  "25:12", "50:27", "27:50", "8:5"]
 
-MODEL_FAMILIES = {"stdit3": "opensora-v1.2", "cogvideox": "cogvideox", "cogvideox_sat": "cogvideox"}
-VAE_FAMILIES = {"opensora_vae_v1_2": "opensora-v1.2", "cogvideox_vae": "cogvideox", "cogvideox_vae_sat": "cogvideox"}
+MODEL_FAMILIES = {"stdit3": "opensora-v1.2", "cogvideox": "cogvideox", "cogvideox_sat": "cogvideox",
+                  "stdit": "opensora-v1.0", "stdit2": "opensora-v1.1"}
+VAE_FAMILIES = {"opensora_vae_v1_2": "opensora-v1.2", "cogvideox_vae": "cogvideox", "cogvideox_vae_sat": "cogvideox",
+                "sd_vae": "sd-vae"}
+# The VAE family whose latents each model family denoises (Open-Sora 1.0 and 1.1 share the SD VAE).
+MODEL_VAE = {"opensora-v1.2": "opensora-v1.2", "cogvideox": "cogvideox", "opensora-v1.0": "sd-vae",
+             "opensora-v1.1": "sd-vae"}
 
 
 class ModelLoadError(ValueError):
@@ -119,7 +129,8 @@ def load_diffusion_model(path: str, dtype_name: str = "auto", offload_mode: str 
     sd, kind, path = _read(path, "transformer")
     if kind not in MODEL_FAMILIES:
         raise ModelLoadError(f"'{path}' is {_kind_hint(kind)}, not a diffusion transformer this loader can take "
-                             f"(supported: Open-Sora 1.2 STDiT3, CogVideoX 2B/5B/5B-I2V/1.5/1.5-I2V)")
+                             f"(supported: Open-Sora 1.0 STDiT, 1.1 STDiT2, 1.2 STDiT3, CogVideoX "
+                             f"2B/5B/5B-I2V/1.5/1.5-I2V)")
     device = devices.get_device()
     if offload_mode not in offload.OFFLOAD_MODES:
         raise ModelLoadError(f"unknown offload mode '{offload_mode}' (choose one of {offload.OFFLOAD_MODES})")
@@ -154,6 +165,10 @@ def _build_model(kind: str, sd: dict, path: str):
                 config.update({k: v for k, v in json.load(f).items() if k in config})
         net = cogvideox_loading.build_transformer(sd, config)
         config = {"variant": cogvideox_loading.variant_of(config)}
+    elif kind == "stdit2":
+        net = stdit2.load_stdit2(checkpoint.fit_null_caption(sd, TEXT_LENGTH["opensora-v1.1"]))
+    elif kind == "stdit":
+        net, config = stdit.load_released(sd, TEXT_LENGTH["opensora-v1.0"])
     else:
         net = stdit3.load_stdit3(sd, model_max_length=T5_MAX_LENGTH["v1.2"])
     return net, config
@@ -163,7 +178,7 @@ def load_vae(path: str, dtype_name: str = "auto") -> VideoVAE:
     sd, kind, path = _read(path, "vae")
     if kind not in VAE_FAMILIES:
         raise ModelLoadError(f"'{path}' is {_kind_hint(kind)}, not a video VAE this loader can take "
-                             f"(supported: Open-Sora VAE v1.2, the CogVideoX VAE)")
+                             f"(supported: Open-Sora VAE v1.2, the CogVideoX VAE, the SD VAE of Open-Sora 1.0/1.1)")
     device = devices.get_device()
     dtype = devices.resolve_dtype(dtype_name, device)
     try:
@@ -174,6 +189,8 @@ def load_vae(path: str, dtype_name: str = "auto") -> VideoVAE:
         elif kind == "cogvideox_vae":
             _, config = cogvideox_loading.read_vae(path)
             net = cogvideox_loading.build_vae(sd, config)
+        elif kind == "sd_vae":
+            net = sd_vae.load_video_vae(sd)
         else:
             net = vae_v1_2.load_vae_v1_2(sd)
     except (ValueError, KeyError, IndexError, RuntimeError) as e:
@@ -218,7 +235,12 @@ def encode_text(encoder, prompt: str, family: str, aesthetic_score=None, motion_
                 offload: bool = True) -> dict:
     if family not in TEXT_FAMILIES:
         raise InputError("family", f"unknown model family '{family}'", f"choose one of {TEXT_FAMILIES}")
-    if family == "cogvideox":
+    if family in ("opensora-v1.0", "opensora-v1.1"):
+        # the caption cleaning of v1.x, no score suffixes (those came with 1.2); 120 / 200 tokens
+        text = clean_caption(prompt)
+        y, mask = t5_encode(encoder, [text], max_length=TEXT_LENGTH[family])
+        cond = {"family": family, "y": y, "mask": mask, "prompts": [text]}
+    elif family == "cogvideox":
         # 226 tokens, raw text, T5 run without the attention mask; the reference's default negative prompt is ""
         y, mask = t5_encode(encoder, [prompt, ""], max_length=cogvideox_run.TEXT_LENGTH, use_mask=False)
         cond = {"family": family, "y": y[:1], "mask": mask[:1], "null_y": y[1:], "prompts": [prompt]}
@@ -350,7 +372,7 @@ def _check_family(model: DiffusionModel, cond: dict, latent_info: dict):
     if cond.get("family") != model.family:
         raise InputError("positive", f"the conditioning was encoded for '{cond.get('family')}' but the model is "
                          f"'{model.family}'", f"set family to {model.family} in OpenSora Text Encode")
-    if latent_info.get("family") not in (None, model.family):
+    if latent_info.get("family") not in (None, MODEL_VAE[model.family]):
         raise InputError("latent", f"the latent belongs to a '{latent_info.get('family')}' VAE but the model is "
                          f"'{model.family}'", "make the latent with the VAE that matches the model")
 
@@ -369,6 +391,8 @@ def sample(model: DiffusionModel, positive: dict, latent: dict, seed: int, steps
     if positive["y"].shape[2] != net.null_caption.shape[0]:
         raise InputError("positive", f"the prompt has {positive['y'].shape[2]} tokens but the model's null "
                          f"caption has {net.null_caption.shape[0]}", "encode the prompt for this model's family")
+    if model.family in ("opensora-v1.0", "opensora-v1.1"):
+        return _sample_iddpm(model, positive, latent, info, seed, steps, cfg, denoise, fps)
     x0 = latent["samples"].float()
     b = x0.shape[0]
     gen = noise_mod.generator(seed)
@@ -376,17 +400,7 @@ def sample(model: DiffusionModel, positive: dict, latent: dict, seed: int, steps
     y = positive["y"].repeat(b, 1, 1, 1)  # every batch row gets the prompt
     y_mask = positive["mask"].repeat(b, 1)
 
-    mask = None
-    if info.get("conditions"):
-        z, mask = mask_strategy.apply_conditions(z, info["conditions"], align=info.get("align"))
-    if denoise < 1.0:
-        # Video-to-video: frames start from the input latent and are re-noised at t = denoise*1000, exactly
-        # how an edit ratio works in the mask strategy (conditioned frames keep their own mask value).
-        mask = torch.ones(b, z.shape[2]) if mask is None else mask
-        free = mask >= 1
-        z = torch.where(free[:, None, :, None, None], x0, z)
-        mask = torch.where(free, torch.full_like(mask, denoise), mask)
-
+    z, mask = _conditions_mask(z, info, denoise, x0)
     device = model.device
     timesteps = rflow.get_timesteps(steps, b, info["height"], info["width"], info["num_frames"], device=device)
     kwargs = {"height": torch.full((b,), float(info["height"]), device=device),
@@ -402,6 +416,56 @@ def sample(model: DiffusionModel, positive: dict, latent: dict, seed: int, steps
     result["samples"] = out.float().cpu()
     result["opensora"] = {**info, "conditions": []}
     return result
+
+
+def _conditions_mask(z, info, denoise, x0):
+    """(z, mask) for the mask-strategy samplers: references placed by the condition nodes, and denoise < 1 as
+    video-to-video (free frames start from the input latent, re-noised at t = denoise, exactly how an edit
+    ratio works)."""
+    mask = None
+    if info.get("conditions"):
+        z, mask = mask_strategy.apply_conditions(z, info["conditions"], align=info.get("align"))
+    if denoise < 1.0:
+        mask = torch.ones(z.shape[0], z.shape[2]) if mask is None else mask
+        free = mask >= 1
+        z = torch.where(free[:, None, :, None, None], x0, z)
+        mask = torch.where(free, torch.full_like(mask, denoise), mask)
+    return z, mask
+
+
+def _sample_iddpm(model, positive, latent, info, seed, steps, cfg, denoise, fps):
+    """Open-Sora 1.0 / 1.1: IDDPM with respaced steps and guidance on 3 of the 4 channels."""
+    net, v11 = model.net, model.family == "opensora-v1.1"
+    x0 = latent["samples"].float()
+    b, _, t, h, w = x0.shape
+    if not v11:
+        want = tuple(g * p for g, p in zip(net.grid, net.patch_size))
+        if (t, h, w) != want:
+            r = 8
+            raise InputError("latent", f"Open-Sora 1.0 generates one fixed size, and this checkpoint's is {want[0]} "
+                             f"frames at {want[2] * r}x{want[1] * r} (the latent is {t} frames at {w * r}x{h * r})",
+                             f"set OpenSora Empty Latent to custom {want[2] * r}x{want[1] * r}, {want[0]} frames")
+        if info.get("conditions"):
+            raise InputError("latent", "Open-Sora 1.0 takes no reference frames",
+                             "remove the reference / mask-strategy nodes, or use an Open-Sora 1.1 or 1.2 model")
+    gen = noise_mod.generator(seed)
+    z, mask = _conditions_mask(noise_mod.seeded_noise(seed, x0.shape, gen), info, denoise, x0)
+    y = positive["y"].repeat(b, 1, 1, 1)
+    y_mask = positive["mask"].repeat(b, 1)
+    device = model.device
+    kwargs = {}
+    if v11:
+        full = lambda v: torch.full((b,), float(v), device=device)  # noqa: E731
+        kwargs = {"height": full(info["height"]), "width": full(info["width"]),
+                  "ar": full(info["height"] / info["width"]), "num_frames": full(info["num_frames"]),
+                  "fps": full(fps if info["num_frames"] > 1 else buckets.IMAGE_FPS)}
+    with offload.on_device(net, model.offload, device, model.offload_device):
+        y_null = net.null_caption[None].repeat(b, 1, 1)[:, None].to(device)
+        out = iddpm.sample(net, z.to(device), y.to(device), y_null, steps, cfg, 3, y_mask.to(device), kwargs,
+                           noise_fn=lambda shape: noise_mod.seeded_noise(seed, shape, gen, device=device),
+                           float32_betas=v11, mask=None if mask is None else mask.to(device))
+    comfy_adapter.soft_empty_cache()
+    return {**latent, "samples": out.float().cpu(), "opensora": {**info, "conditions": []}}
 
 
 def _sample_cogvideox(model, positive, negative, latent, info, seed, steps, cfg, scheduler, denoise, dynamic_cfg):
@@ -466,6 +530,21 @@ def decode(vae: VideoVAE, latent: dict, temporal_chunk: int = 0, temporal_overla
             for i, chunk in enumerate(net.decode_chunks(z, batch)):
                 frames.append(chunk.float().cpu())
                 bar.update_absolute(i + 1)
+            return torch.cat(frames, dim=2)
+        finally:
+            if vae.offload_device != vae.device:
+                net.to(vae.offload_device)
+    if vae.family == "sd-vae":  # frames are independent images: decode in bounded slices of frames
+        try:
+            z = latent["samples"].to(vae.device, vae.dtype)
+            r = vae.spatial_ratio
+            tile, overlap = (spatial_tile // r, max(0, spatial_overlap) // r) if spatial_tile >= r else (0, 0)
+            step = temporal_chunk or 16
+            bar = comfy_adapter.Progress(-(-z.shape[2] // step), desc="decoding")
+            frames = []
+            for i in range(0, z.shape[2], step):
+                frames.append(net.decode(z[:, :, i:i + step], tile=tile, overlap=overlap).float().cpu())
+                bar.update()
             return torch.cat(frames, dim=2)
         finally:
             if vae.offload_device != vae.device:

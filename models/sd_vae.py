@@ -15,6 +15,7 @@ from einops import rearrange
 from torch import nn
 
 from . import tiling
+from .checkpoint import build_strict
 from .layers import attention
 
 # Quirk (golden README #2): Open-Sora's VideoAutoencoderKL hard-codes SD 1.x's factor, also in v1.2 whose
@@ -219,3 +220,89 @@ def norm_groups(first_channels: int) -> int:
     """GroupNorm group counts are not stored in checkpoints. Released VAEs (128 first channels) use 32; tiny
     test models use first_channels // 2 (8 channels, 4 groups, as the golden tiny configs)."""
     return min(32, max(1, first_channels // 2))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Open-Sora 1.0 / 1.1: the SD VAE alone, frame by frame
+# --------------------------------------------------------------------------------------------------------------
+class VideoAutoencoderKL(nn.Module):
+    """Open-Sora 1.0/1.1's VideoAutoencoderKL (stabilityai/sd-vae-ft-ema): every frame through the SD VAE, latents
+    x 0.18215, no temporal compression (one latent frame per video frame)."""
+
+    def __init__(self, micro_batch_size: int | None = 4, **config):
+        super().__init__()
+        self.module = AutoencoderKL(**config)
+        self.micro_batch_size = micro_batch_size
+        self.spatial_ratio = self.module.spatial_ratio
+        self.latent_channels = self.module.post_quant_conv.weight.shape[0]
+
+    def latent_frames(self, num_frames: int) -> int:
+        return num_frames
+
+    def check_num_frames(self, num_frames: int):
+        return (f"num_frames={num_frames} is not a video", "use at least 1 frame") if num_frames < 1 else None
+
+    def encode(self, x, sample_posterior: bool = False, noise_fn=None):
+        if noise_fn is None and sample_posterior:
+            noise_fn = torch.randn
+        return encode_frames(self.module, x, self.micro_batch_size, noise_fn)
+
+    def decode(self, z, num_frames: int | None = None, tile: int = 0, overlap: int = 0):
+        return decode_frames(self.module, z, self.micro_batch_size, tile, overlap)
+
+
+_OLD_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+_LDM_RESNET = {"nin_shortcut": "conv_shortcut"}
+_LDM_ATTN = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+
+
+def normalize_keys(sd: dict) -> dict:
+    """SD VAE weights in this module's (diffusers' current) names, from any of the three layouts in use:
+    diffusers (as is), older diffusers (attention query/key/value/proj_attn) and the original LDM / ComfyUI
+    single file (encoder.down.N.block.M, mid.attn_1 with 1x1-conv q/k/v, decoder.up in reverse order)."""
+    if any(k.startswith("encoder.down.") for k in sd):
+        return _from_ldm(sd)
+    out = {}
+    for k, v in sd.items():
+        parts = k.split(".")
+        if "attentions" in parts and parts[-2] in _OLD_ATTN:
+            k = ".".join(parts[:-2] + [_OLD_ATTN[parts[-2]], parts[-1]])
+        out[k] = v
+    return out
+
+
+def _from_ldm(sd: dict) -> dict:
+    levels = len({k.split(".")[2] for k in sd if k.startswith("encoder.down.")})
+    out = {}
+    for k, v in sd.items():
+        p = k.split(".")
+        if p[0] in ("encoder", "decoder") and len(p) > 2:
+            side, rest = p[0], p[1:]
+            if rest[0] in ("down", "up"):
+                level = int(rest[1]) if rest[0] == "down" else levels - 1 - int(rest[1])
+                blocks = "down_blocks" if rest[0] == "down" else "up_blocks"
+                if rest[2] == "block":
+                    name = _LDM_RESNET.get(rest[4], rest[4])
+                    k = f"{side}.{blocks}.{level}.resnets.{rest[3]}.{name}.{rest[-1]}"
+                else:  # downsample / upsample
+                    sampler = "downsamplers" if rest[0] == "down" else "upsamplers"
+                    k = f"{side}.{blocks}.{level}.{sampler}.0.conv.{rest[-1]}"
+            elif rest[0] == "mid":
+                if rest[1].startswith("block_"):
+                    k = f"{side}.mid_block.resnets.{int(rest[1][-1]) - 1}.{rest[2]}.{rest[-1]}"
+                else:  # attn_1
+                    k = f"{side}.mid_block.attentions.0.{_LDM_ATTN[rest[2]]}.{rest[-1]}"
+                    if rest[2] in ("q", "k", "v", "proj_out") and v.ndim == 4:
+                        v = v[:, :, 0, 0]  # 1x1 conv -> linear
+            elif rest[0] == "norm_out":
+                k = f"{side}.conv_norm_out.{rest[-1]}"
+        out[k] = v
+    return out
+
+
+def load_video_vae(sd: dict, micro_batch_size: int | None = 4) -> VideoAutoencoderKL:
+    """Strict load of an SD VAE state dict in any layout normalize_keys reads."""
+    sd = normalize_keys(sd)
+    cfg = config_from_state_dict(sd)
+    return build_strict(lambda: VideoAutoencoderKL(micro_batch_size, **cfg), {f"module.{k}": v for k, v in sd.items()},
+                        "an SD image VAE (Open-Sora 1.0/1.1's stabilityai/sd-vae-ft-ema)")

@@ -84,6 +84,47 @@ def write_tiny_vae_v1_2(path: str, seed: int = 0) -> str:
     return path
 
 
+def write_tiny_stdit(path: str, input_size=(17, 8, 8), seed: int = 0) -> str:
+    """A tiny Open-Sora 1.0 STDiT (hidden 64, 16 heads as STDiT-XL/2, depth 2) for a fixed latent size, with
+    the position tables the released .pth files carry, saved as a .pth training checkpoint would be."""
+    from .opensora.stdit import STDiT
+
+    torch.manual_seed(seed)
+    model = STDiT(input_size=input_size, hidden_size=64, depth=2, num_heads=16, caption_channels=32,
+                  model_max_length=120, space_scale=input_size[1] / 64)
+    _perturb(model)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    torch.save({"model": {k: v.detach().clone() for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+def write_tiny_stdit2(path: str, seed: int = 0) -> str:
+    """A tiny Open-Sora 1.1 STDiT2 (hidden 96, depth 2, 200-token null caption) in the HF model.safetensors layout."""
+    from .opensora.stdit2 import STDiT2
+
+    torch.manual_seed(seed)
+    model = STDiT2(hidden_size=96, depth=2, num_heads=4, caption_channels=32, model_max_length=200)
+    _perturb(model)
+    _save(model, path)
+    return path
+
+
+def write_tiny_sd_vae(path: str, seed: int = 0) -> str:
+    """A tiny SD VAE (widths 8-16, 8x downsampling) in the diffusers layout (as stabilityai/sd-vae-ft-ema)."""
+    from .sd_vae import AutoencoderKL
+
+    torch.manual_seed(seed)
+    _save(AutoencoderKL(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4), path)
+    return path
+
+
+def _perturb(model):
+    """Zero-initialised layers made non-zero, so every path of a random test model matters."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+
+
 def _save(model, path):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, path)
@@ -94,12 +135,21 @@ TINY_FILES = {"model": "diffusion_models/opensora_v1.2_tiny.safetensors",
               "text_encoder": "text_encoders/t5_tiny.safetensors"}
 
 
+# Open-Sora 1.0 / 1.1 (the SD VAE serves both)
+TINY_FILES_V1 = {"model_v1.0": "diffusion_models/opensora_v1.0_tiny.pth",
+                 "model_v1.1": "diffusion_models/opensora_v1.1_tiny.safetensors",
+                 "vae_sd": "vae/sd_vae_tiny.safetensors"}
+
+
 def write_tiny_models(models_dir: str) -> dict:
     """Every tiny checkpoint under a models folder, as a user would lay out real ones. Returns the paths."""
-    paths = {k: os.path.join(models_dir, v) for k, v in TINY_FILES.items()}
+    paths = {k: os.path.join(models_dir, v) for k, v in {**TINY_FILES, **TINY_FILES_V1}.items()}
     write_tiny_stdit3(paths["model"])
     write_tiny_vae_v1_2(paths["vae"])
     write_tiny_t5(paths["text_encoder"])
+    write_tiny_stdit(paths["model_v1.0"])
+    write_tiny_stdit2(paths["model_v1.1"])
+    write_tiny_sd_vae(paths["vae_sd"])
     return paths
 
 

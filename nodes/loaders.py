@@ -15,8 +15,8 @@ def _load(node: str, input_name: str, fn, *args):
 
 
 class OpenSoraModelLoader:
-    DESCRIPTION = ("Loads a video diffusion transformer (Open-Sora 1.2 STDiT3; CogVideoX 2B, 5B, 5B-I2V, 1.5 and "
-                   "1.5-I2V as single files or diffusers folders). The family is detected from the "
+    DESCRIPTION = ("Loads a video diffusion transformer (Open-Sora 1.0 STDiT .pth, 1.1 STDiT2, 1.2 STDiT3; CogVideoX "
+                   "2B, 5B, 5B-I2V, 1.5 and 1.5-I2V as single files or diffusers folders; the bundled demo model). The family is detected from the "
                    "checkpoint's tensors; a file of another kind is refused with a message that says which "
                    "loader it belongs to.")
     CATEGORY = f"{CATEGORY}/loaders"
@@ -48,8 +48,9 @@ class OpenSoraModelLoader:
 
 
 class OpenSoraVAELoader:
-    DESCRIPTION = ("Loads a video VAE (Open-Sora VAE v1.2, the CogVideoX VAE as a file or diffusers folder). The "
-                   "family is detected from the checkpoint's tensors.")
+    DESCRIPTION = ("Loads a video VAE (Open-Sora VAE v1.2, the CogVideoX VAE as a file or diffusers folder, the SD "
+                   "VAE of Open-Sora 1.0/1.1 in diffusers or single-file layout). The family is detected from the "
+                   "checkpoint's tensors.")
     CATEGORY = f"{CATEGORY}/loaders"
     RETURN_TYPES = ("OPENSORA_VAE",)
     RETURN_NAMES = ("vae",)

@@ -187,7 +187,9 @@ class OpenSoraSampler:
                    "and length-aware timestep transform, classifier-free guidance against the learned null caption, "
                    "and the conditions placed by the reference / mask-strategy nodes. CogVideoX: DPM-Solver++(2M) "
                    "or DDIM (v-prediction), optional dynamic cfg, image-to-video from a Reference Condition at "
-                   "frame 0. denoise < 1 edits the input latent (video-to-video).")
+                   "frame 0. Open-Sora 1.0 / 1.1: IDDPM (scheduler iddpm, 100 steps as released) with guidance on 3 of "
+                   "the 4 channels and, for 1.1, the reference conditions. denoise < 1 edits the input latent "
+                   "(video-to-video).")
     CATEGORY = f"{CATEGORY}/sampling"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
@@ -209,7 +211,8 @@ class OpenSoraSampler:
                                   "tooltip": "Classifier-free guidance scale (1 = no guidance pass)."}),
                 "scheduler": (pipeline.SCHEDULERS, {"default": pipeline.SCHEDULERS[0],
                                                     "tooltip": "Sampling method of the model family: rflow for "
-                                                               "Open-Sora 1.2; dpm or ddim for CogVideoX."}),
+                                                               "Open-Sora 1.2; dpm or ddim for CogVideoX; iddpm "
+                                                               "for Open-Sora 1.0 / 1.1."}),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                       "tooltip": "1 generates from noise; lower keeps more of the input latent."}),
                 "fps": ("INT", {"default": 24, "min": 1, "max": 240,

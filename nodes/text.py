@@ -9,8 +9,9 @@ CAMERA_MOTIONS = ["none", "static", "pan right", "pan left", "tilt up", "tilt do
 
 class OpenSoraTextEncode:
     DESCRIPTION = ("Encodes a prompt with T5 the way the chosen model family was trained: Open-Sora 1.2 appends "
-                   "the aesthetic / motion / camera suffixes, cleans the caption and pads to 300 tokens; CogVideoX "
-                   "takes the raw text at 226 tokens (and the empty prompt as its default negative). The "
+                   "the aesthetic / motion / camera suffixes, cleans the caption and pads to 300 tokens; Open-Sora "
+                   "1.0 / 1.1 clean it and pad to 120 / 200 tokens (no suffixes); CogVideoX takes the raw text at "
+                   "226 tokens (and the empty prompt as its default negative). The "
                    "embeddings are kept on the CPU so the encoder can leave the GPU before sampling.")
     CATEGORY = f"{CATEGORY}/conditioning"
     RETURN_TYPES = ("OPENSORA_COND",)

@@ -7,6 +7,7 @@ from .. import comfy_adapter, video_io
 from .common import CATEGORY, NodeInputError
 
 NO_FILE = "none"
+_PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class OpenSoraSaveVideo:
@@ -117,7 +118,13 @@ def _input_videos() -> list[str]:
 def _source(video, path) -> tuple[str, str]:
     """(input name, file): `path` when set, else the `video` file of the input folder."""
     if path and path.strip():
-        return "path", os.path.abspath(os.path.expanduser(path.strip()))
+        path = os.path.expanduser(path.strip())
+        # A relative path is tried from the working directory, then from the pack folder, where the demo
+        # workflows' example inputs live (demo/examples/...), so they run from ComfyUI as from the CLI.
+        in_pack = os.path.join(_PACK_ROOT, path)
+        if not os.path.isabs(path) and not os.path.exists(path) and os.path.exists(in_pack):
+            return "path", in_pack
+        return "path", os.path.abspath(path)
     return "video", os.path.join(comfy_adapter.input_directory(), video or "")
 
 

@@ -12,10 +12,12 @@ from comfyui_opensora.harness import pack as pack_mod
 from comfyui_opensora.harness.convert import load_prompt
 from comfyui_opensora.harness.execute import Executor
 from comfyui_opensora.harness.validate import format_report, validate_prompt
-from comfyui_opensora.models.tiny import TINY_FILES, write_tiny_cogvideox, write_tiny_models
+from comfyui_opensora.models.tiny import TINY_FILES, TINY_FILES_V1, write_tiny_cogvideox, write_tiny_models
 from conftest import REPO_ROOT
 
-WORKFLOWS = sorted(glob.glob(os.path.join(REPO_ROOT, "workflows", "*.json")))
+# The demo workflows run on the bundled demo model itself, with their behaviour checked (tests/test_demo.py).
+WORKFLOWS = sorted(p for p in glob.glob(os.path.join(REPO_ROOT, "workflows", "*.json"))
+                   if not os.path.basename(p).startswith("demo_"))
 # Tiny sizes: 64x48 pixels, 17 frames (one temporal-VAE chunk = 5 latents), 2 steps.
 OVERRIDES = {"model_name": os.path.basename(TINY_FILES["model"]), "vae_name": os.path.basename(TINY_FILES["vae"]),
              "text_encoder_name": os.path.basename(TINY_FILES["text_encoder"]), "resolution": "custom",
@@ -48,9 +50,17 @@ def env(tmp_path_factory):
     comfy_adapter._settings.update(models_dir=None, output_dir=None, input_dir=None)
 
 
+# Open-Sora 1.0 / 1.1 workflows: their tiny STDiT / STDiT2 and the tiny SD VAE (v1.0's size is fixed: 17x64x64)
+V1X = {"opensora_v1.0": {"model_name": os.path.basename(TINY_FILES_V1["model_v1.0"]), "height": 64},
+       "opensora_v1.1": {"model_name": os.path.basename(TINY_FILES_V1["model_v1.1"])}}
+
+
 def _prepare(prompt, env, name, variant=None):
     # extension workflows carry 5 latents (17 frames) over: their clips need two chunks (34 frames)
     overrides = {**OVERRIDES, "num_frames": 34} if ("extend" in name or "long" in name) else OVERRIDES
+    for prefix, extra in V1X.items():
+        if name.startswith(prefix):
+            overrides = {**OVERRIDES, **extra, "vae_name": os.path.basename(TINY_FILES_V1["vae_sd"])}
     if variant:  # CogVideoX: 64x64 (multiple of 16), 17 frames (8k+1 for 1.5), its pipeline folder
         overrides = {**OVERRIDES, "model_name": f"cog_{variant}", "vae_name": f"cog_{variant}", "width": 64,
                      "height": 64}
@@ -93,7 +103,7 @@ def test_shipped_workflow_runs(path, variant, env):
                 "opensora_v1.2_long_video.json": 34 + 2 * (34 - 17)}.get(name, 17)
     assert video.frames.shape[0] == expected
     if name.startswith("opensora"):
-        assert video.frames.shape[1:3] == (48, 64)
+        assert video.frames.shape[1:3] == ((64, 64) if name.startswith("opensora_v1.0") else (48, 64))
     if variant:
         assert video.frames.shape[1:3] == (64, 64)
     assert video_io.read_metadata(saved[0])["workflow"]["nodes"], "the UI workflow is embedded"

@@ -209,14 +209,199 @@ def cogvideox_v2v(defs, Builder):
     return b
 
 
+# -- the bundled demo model (demo/train.py): runs on any machine, no download --------------------------------
+DEMO = {"model_name": "opensora_demo_stdit3.safetensors", "vae_name": "opensora_demo_vae.safetensors",
+        "text_encoder_name": "opensora_demo_t5.safetensors"}
+DEMO_PROMPT = "a red circle moving left on a black background"
+DEMO_STEPS, DEMO_CFG = 30, 5.0
+DEMO_IMAGE = "demo/examples/blue_square.png"
+
+
+def _demo_core(b, prompt=DEMO_PROMPT, num_frames=17):
+    model = b.add("OpenSoraModelLoader", 0, model_name=DEMO["model_name"], dtype="auto")
+    vae = b.add("OpenSoraVAELoader", 0, vae_name=DEMO["vae_name"], dtype="auto")
+    te = b.add("OpenSoraTextEncoderLoader", 0, text_encoder_name=DEMO["text_encoder_name"], tokenizer="auto",
+               dtype="auto", device="auto")
+    enc = b.add("OpenSoraTextEncode", 1, prompt=prompt, family="opensora-v1.2", aesthetic_score=0.0)
+    b.connect(te, 0, enc, "text_encoder")
+    latent = b.add("OpenSoraEmptyLatent", 1, resolution="custom", width=64, height=64, num_frames=num_frames)
+    b.connect(vae, 0, latent, "vae")
+    return model, vae, enc, latent
+
+
+def _demo_sample(b, model, vae, cond, latent, col, seed=0):
+    s = b.add("OpenSoraSampler", col, seed=seed, steps=DEMO_STEPS, cfg=DEMO_CFG, denoise=1.0, fps=24)
+    b.connect(model, 0, s, "model")
+    b.connect(cond, 0, s, "positive")
+    b.connect(latent, 0, s, "latent")
+    d = b.add("OpenSoraVAEDecode", col)
+    b.connect(vae, 0, d, "vae")
+    b.connect(s, 0, d, "latent")
+    return d
+
+
+def _demo_save(b, images, col, prefix):
+    out = b.add("OpenSoraSaveVideo", col, fps=12.0, filename_prefix=prefix, format="mp4 (h264)")
+    b.connect(images, 0, out, "images")
+    return out
+
+
+DEMO_GRAMMAR = ("Prompts follow the training grammar: 'a <red|green|blue|yellow|purple> <circle|square|triangle> "
+                "<moving left|moving right|moving up|moving down|staying still|growing|shrinking> on a "
+                "<black|gray|white> background'.")
+
+
+def demo_t2v(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _demo_core(b)
+    _demo_save(b, _demo_sample(b, model, vae, cond, latent, 2), 3, "OpenSora/demo_t2v")
+    b.note("The bundled demo model (a tiny Open-Sora 1.2 trained by demo/train.py): 17 frames at 64x64, seconds "
+           "on a CPU. " + DEMO_GRAMMAR, 0)
+    return b
+
+
+def demo_i2v(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _demo_core(b, prompt="a blue square moving right on a gray background")
+    image = b.add("OpenSoraLoadVideo", 1, video="none", path=DEMO_IMAGE)
+    ref = b.add("OpenSoraReferenceCondition", 2, reference_start=0, target_start=0, length=1, edit_ratio=0.0)
+    b.connect(latent, 0, ref, "latent")
+    b.connect(vae, 0, ref, "vae")
+    b.connect(image, 0, ref, "reference")
+    _demo_save(b, _demo_sample(b, model, vae, cond, ref, 3), 4, "OpenSora/demo_i2v")
+    b.note("Demo image-to-video: the image is the first frame and the prompt says how it moves. Any 64x64 "
+           "picture of one shape on a plain background works. " + DEMO_GRAMMAR, 1)
+    return b
+
+
+def demo_extend(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _demo_core(b, prompt="a green square moving down on a white background")
+    first = _demo_sample(b, model, vae, cond, latent, 2, seed=1)
+    longer = b.add("OpenSoraEmptyLatent", 2, resolution="custom", width=64, height=64, num_frames=34)
+    b.connect(vae, 0, longer, "vae")
+    ext = b.add("OpenSoraExtendVideo", 3, condition_frame_length=5, condition_frame_edit=0.0)
+    b.connect(longer, 0, ext, "latent")
+    b.connect(vae, 0, ext, "vae")
+    b.connect(first, 0, ext, "previous_video")
+    new = _demo_sample(b, model, vae, cond, ext, 4, seed=2)
+    join = b.add("OpenSoraJoinClips", 5, overlap_frames=17)
+    b.connect(first, 0, join, "previous_video")
+    b.connect(new, 0, join, "next_video")
+    _demo_save(b, join, 5, "OpenSora/demo_extend")
+    b.note("Demo extension: a 17-frame clip, then a 34-frame clip whose first 17 frames (5 latent frames) are "
+           "that clip; Join Clips keeps the new 17. The motion carries on across the seam.", 0)
+    return b
+
+
+def demo_loop(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _demo_core(b, prompt="a yellow triangle moving up on a black background",
+                                          num_frames=18)
+    image = b.add("OpenSoraLoadVideo", 1, video="none", path="demo/examples/yellow_triangle.png")
+    ms = b.add("OpenSoraMaskStrategy", 2, mask_strategy="0;0,0,0,-1,1", loop_index=0)
+    b.connect(latent, 0, ms, "latent")
+    b.connect(vae, 0, ms, "vae")
+    b.connect(image, 0, ms, "reference_1")
+    _demo_save(b, _demo_sample(b, model, vae, cond, ms, 3), 4, "OpenSora/demo_loop")
+    b.note("Demo loop: 18 frames whose first and last frame are the same image (mask_strategy '0;0,0,0,-1,1'). "
+           "18 = one 17-frame VAE chunk plus a 1-frame chunk, so the last latent frame is exactly an image and "
+           "Open-Sora's chunk alignment keeps it at the end. The shape goes out and comes back.", 1)
+    return b
+
+
+# -- Open-Sora 1.0 / 1.1: STDiT / STDiT2 with the SD VAE and IDDPM --------------------------------------------
+SD_VAE = "sd-vae-ft-ema.safetensors"
+
+
+def _v1x_core(b, model_name, family, prompt, resolution="custom", width=256, height=256, num_frames=16):
+    model = b.add("OpenSoraModelLoader", 0, model_name=model_name, dtype="auto")
+    vae = b.add("OpenSoraVAELoader", 0, vae_name=SD_VAE, dtype="auto")
+    te = b.add("OpenSoraTextEncoderLoader", 0, text_encoder_name=T5, tokenizer="auto", dtype="auto", device="auto")
+    enc = b.add("OpenSoraTextEncode", 1, prompt=prompt, family=family, aesthetic_score=0.0)
+    b.connect(te, 0, enc, "text_encoder")
+    latent = b.add("OpenSoraEmptyLatent", 1, resolution=resolution, aspect_ratio="16:9", width=width, height=height,
+                   num_frames=num_frames)
+    b.connect(vae, 0, latent, "vae")
+    return model, vae, enc, latent
+
+
+def _iddpm_sample(b, model, vae, cond, latent, col, fps):
+    s = b.add("OpenSoraSampler", col, seed=42, steps=100, cfg=7.0, scheduler="iddpm", denoise=1.0, fps=24)
+    b.connect(model, 0, s, "model")
+    b.connect(cond, 0, s, "positive")
+    b.connect(latent, 0, s, "latent")
+    d = b.add("OpenSoraVAEDecode", col)
+    b.connect(vae, 0, d, "vae")
+    b.connect(s, 0, d, "latent")
+    out = b.add("OpenSoraSaveVideo", col + 1, fps=fps, filename_prefix="OpenSora/v1x", format="mp4 (h264)")
+    b.connect(d, 0, out, "images")
+
+
+def opensora_v1_0_t2v(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _v1x_core(b, "OpenSora-v1-16x256x256.pth", "opensora-v1.0",
+                                         "a small boat drifting on a calm lake at dawn")
+    _iddpm_sample(b, model, vae, cond, latent, 2, fps=8.0)
+    b.note("Open-Sora 1.0 text-to-video: STDiT-XL/2 makes exactly the size it was trained for, 16 frames at "
+           "256x256 (OpenSora-v1-16x256x256.pth) or 512x512 (OpenSora-v1-HQ-16x512x512.pth: set the latent to "
+           "512x512). VAE: stabilityai/sd-vae-ft-ema. IDDPM, 100 steps, cfg 7; the clips were sampled every "
+           "third frame, hence 8 fps.", 0)
+    return b
+
+
+def opensora_v1_1_t2v(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _v1x_core(b, "OpenSora-STDiT-v2-stage3.safetensors", "opensora-v1.1",
+                                         "a red panda eating bamboo in a misty forest", resolution="240p")
+    _iddpm_sample(b, model, vae, cond, latent, 2, fps=24.0)
+    b.note("Open-Sora 1.1 text-to-video: STDiT2 (hpcai-tech/OpenSora-STDiT-v2-stage3 model.safetensors) at any "
+           "size and length (16 frames at 240p here), the SD VAE, IDDPM 100 steps, cfg 7.", 0)
+    return b
+
+
+def opensora_v1_1_i2v(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _v1x_core(b, "OpenSora-STDiT-v2-stage3.safetensors", "opensora-v1.1",
+                                         "the waves roll onto the beach at sunset", resolution="240p")
+    image = b.add("OpenSoraLoadVideo", 1, video="none", path="")
+    ref = b.add("OpenSoraReferenceCondition", 2, reference_start=0, target_start=0, length=1, edit_ratio=0.0)
+    b.connect(latent, 0, ref, "latent")
+    b.connect(vae, 0, ref, "vae")
+    b.connect(image, 0, ref, "reference")
+    _iddpm_sample(b, model, vae, cond, ref, 3, fps=24.0)
+    b.note("Open-Sora 1.1 image-to-video: the image is the first frame (mask_strategy '0'); the SD VAE has no "
+           "temporal compression, so one latent frame is one video frame.", 1)
+    return b
+
+
 WORKFLOWS = {"video_convert": video_convert, "cogvideox_t2v": cogvideox_t2v, "cogvideox_i2v": cogvideox_i2v,
              "cogvideox_v2v": cogvideox_v2v, "opensora_v1.2_t2v": opensora_v1_2_t2v,
              "opensora_v1.2_i2v": opensora_v1_2_i2v, "opensora_v1.2_extend": opensora_v1_2_extend,
-             "opensora_v1.2_long_video": opensora_v1_2_long_video, "opensora_v1.2_v2v_edit": opensora_v1_2_v2v_edit}
+             "opensora_v1.2_long_video": opensora_v1_2_long_video, "opensora_v1.2_v2v_edit": opensora_v1_2_v2v_edit,
+             "opensora_v1.0_t2v": opensora_v1_0_t2v, "opensora_v1.1_t2v": opensora_v1_1_t2v,
+             "opensora_v1.1_i2v": opensora_v1_1_i2v,
+             "demo_t2v": demo_t2v, "demo_i2v": demo_i2v, "demo_extend": demo_extend, "demo_loop": demo_loop}
+
+
+def demo_examples():
+    """The example inputs of the demo workflows: first frames of two procedural scenes."""
+    from comfyui_opensora import video_io
+    from comfyui_opensora.demo import clips
+
+    scenes = {"blue_square.png": clips.Scene("blue", "square", "right", "gray", x=20.0, y=30.0, half=9.0),
+              "yellow_triangle.png": clips.Scene("yellow", "triangle", "up", "black", x=32.0, y=40.0, half=9.0)}
+    for name, scene in scenes.items():
+        frame = ((clips.render(scene, 1) + 1) / 2).permute(1, 2, 3, 0)  # [1, H, W, 3]
+        tmp = os.path.join(HERE, "..", "demo", "examples", name + ".dir")
+        video_io.write_video(tmp, frame, 24.0, "png (frames)")
+        os.replace(os.path.join(tmp, "frame_00000.png"), os.path.join(HERE, "..", "demo", "examples", name))
+        os.rmdir(tmp)
 
 
 def main():
     defs, Builder = _pack()
+    demo_examples()
     for name, fn in WORKFLOWS.items():
         fn(defs, Builder).save(os.path.join(HERE, f"{name}.json"), name)
         print(f"wrote workflows/{name}.json")

@@ -102,3 +102,28 @@ def load_stdit(sd: dict, **config) -> STDiT:
 def _tables(config: dict) -> dict:
     ref = STDiT(**{**config, "depth": 0})
     return {"pos_embed": ref.pos_embed, "pos_embed_temporal": ref.pos_embed_temporal}
+
+
+def load_released(sd: dict, model_max_length: int = 120):
+    """A released v1.0 checkpoint (OpenSora-v1-16x256x256.pth, OpenSora-v1-HQ-16x512x512.pth: the state dict is
+    already unwrapped). The fixed input size is read off the stored position tables (the original takes it
+    from its config): the 256px model has a 32x32 latent and space_scale 0.5, the 512px one 64x64 and 1.0.
+    Without the tables the 512px size is assumed. The head count is not stored: STDiT-XL/2's 16 is used.
+    Returns (model, config)."""
+    from ..checkpoint import fit_null_caption
+
+    w = sd["x_embedder.proj.weight"]
+    hidden, patch = w.shape[0], tuple(w.shape[2:])
+    frames, side = RELEASED["input_size"][0], RELEASED["input_size"][1]
+    if "pos_embed_temporal" in sd:
+        frames = sd["pos_embed_temporal"].shape[1] * patch[0]
+    if "pos_embed" in sd:
+        side = round(sd["pos_embed"].shape[1] ** 0.5) * patch[1]
+    config = dict(input_size=(frames, side, side), hidden_size=hidden,
+                  depth=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
+                  num_heads=16, patch_size=patch, in_channels=w.shape[1],
+                  caption_channels=sd["y_embedder.y_proj.fc1.weight"].shape[1], model_max_length=model_max_length,
+                  space_scale=side / 64, time_scale=1.0, mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / hidden,
+                  pred_sigma=sd["final_layer.linear.weight"].shape[0] == 2 * w.shape[1] * patch[0] * patch[1] * patch[2])
+    sd = fit_null_caption({k: v for k, v in sd.items() if not k.startswith("pos_embed")}, model_max_length)
+    return load_stdit(sd, **config), {"input_size": config["input_size"]}
