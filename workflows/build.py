@@ -57,8 +57,9 @@ def _t2v_core(b, col=0, prompt=PROMPT, seed=42, num_frames=51):
     return model, vae, enc, latent
 
 
-def _sample_decode(b, model, vae, cond, latent, col, seed=42, denoise=1.0):
-    s = b.add("OpenSoraSampler", col, seed=seed, steps=30, cfg=7.0, denoise=denoise, fps=24)
+def _sample_decode(b, model, vae, cond, latent, col, seed=42, denoise=1.0, **sampler):
+    """Sampler and VAE decode; `sampler` overrides the Open-Sora 1.2 settings (steps, cfg, scheduler)."""
+    s = b.add("OpenSoraSampler", col, seed=seed, denoise=denoise, fps=24, **{"steps": 30, "cfg": 7.0, **sampler})
     b.connect(model, 0, s, "model")
     b.connect(cond, 0, s, "positive")
     b.connect(latent, 0, s, "latent")
@@ -68,8 +69,8 @@ def _sample_decode(b, model, vae, cond, latent, col, seed=42, denoise=1.0):
     return d
 
 
-def _save(b, images, col, prefix):
-    out = b.add("OpenSoraSaveVideo", col, fps=24.0, filename_prefix=prefix, format="mp4 (h264)")
+def _save(b, images, col, prefix, fps=24.0):
+    out = b.add("OpenSoraSaveVideo", col, fps=fps, filename_prefix=prefix, format="mp4 (h264)")
     b.connect(images, 0, out, "images")
     return out
 
@@ -230,20 +231,11 @@ def _demo_core(b, prompt=DEMO_PROMPT, num_frames=17):
 
 
 def _demo_sample(b, model, vae, cond, latent, col, seed=0):
-    s = b.add("OpenSoraSampler", col, seed=seed, steps=DEMO_STEPS, cfg=DEMO_CFG, denoise=1.0, fps=24)
-    b.connect(model, 0, s, "model")
-    b.connect(cond, 0, s, "positive")
-    b.connect(latent, 0, s, "latent")
-    d = b.add("OpenSoraVAEDecode", col)
-    b.connect(vae, 0, d, "vae")
-    b.connect(s, 0, d, "latent")
-    return d
+    return _sample_decode(b, model, vae, cond, latent, col, seed=seed, steps=DEMO_STEPS, cfg=DEMO_CFG)
 
 
 def _demo_save(b, images, col, prefix):
-    out = b.add("OpenSoraSaveVideo", col, fps=12.0, filename_prefix=prefix, format="mp4 (h264)")
-    b.connect(images, 0, out, "images")
-    return out
+    return _save(b, images, col, prefix, fps=12.0)
 
 
 DEMO_GRAMMAR = ("Prompts follow the training grammar: 'a <red|green|blue|yellow|purple> <circle|square|triangle> "
@@ -327,15 +319,8 @@ def _v1x_core(b, model_name, family, prompt, resolution="custom", width=256, hei
 
 
 def _iddpm_sample(b, model, vae, cond, latent, col, fps):
-    s = b.add("OpenSoraSampler", col, seed=42, steps=100, cfg=7.0, scheduler="iddpm", denoise=1.0, fps=24)
-    b.connect(model, 0, s, "model")
-    b.connect(cond, 0, s, "positive")
-    b.connect(latent, 0, s, "latent")
-    d = b.add("OpenSoraVAEDecode", col)
-    b.connect(vae, 0, d, "vae")
-    b.connect(s, 0, d, "latent")
-    out = b.add("OpenSoraSaveVideo", col + 1, fps=fps, filename_prefix="OpenSora/v1x", format="mp4 (h264)")
-    b.connect(d, 0, out, "images")
+    images = _sample_decode(b, model, vae, cond, latent, col, steps=100, scheduler="iddpm")
+    _save(b, images, col + 1, "OpenSora/v1x", fps=fps)
 
 
 def opensora_v1_0_t2v(defs, Builder):
