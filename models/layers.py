@@ -67,18 +67,21 @@ def frame_select(x_mask, x, x0, T: int, S: int):
     return rearrange(torch.where(x_mask[:, :, None, None], x, x0), "b t s c -> b (t s) c")
 
 
-class RMSNorm(nn.Module):
+def rms_norm(x, weight, eps: float = 1e-6):
     """LlamaRMSNorm: normalise in fp32, cast back to the input dtype, then scale by the weight."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
 
+
+class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
     def forward(self, x):
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 # --------------------------------------------------------------------------------------------------------------
