@@ -249,10 +249,12 @@ def soft_empty_cache():
 
 
 def bundled_tokenizer_dirs(name: str = "t5_tokenizer") -> list[str]:
-    """Tokenizer folders ComfyUI ships (comfy/text_encoders/<name>), a fallback when none sits by the model."""
+    """Tokenizer folders ComfyUI ships (comfy/text_encoders/<name> for T5, comfy/sd1_tokenizer for CLIP-L), a
+    fallback when none sits by the model."""
     if not IN_COMFY:
         return []
     import comfy
 
-    path = os.path.join(os.path.dirname(comfy.__file__), "text_encoders", name)
-    return [path] if os.path.isdir(path) else []
+    root = os.path.dirname(comfy.__file__)
+    paths = [os.path.join(root, "text_encoders", name), os.path.join(root, name)]
+    return [p for p in paths if os.path.isdir(p)]

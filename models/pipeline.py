@@ -19,31 +19,35 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import comfy_adapter
-from . import checkpoint, devices, iddpm, mask_strategy, noise as noise_mod, offload, rflow, sd_vae, tiling
+from . import (checkpoint, devices, iddpm, mask_strategy, noise as noise_mod, offload, rflow, rflow_v2, sd_vae,
+               tiling)
 from .cogvideox import loading as cogvideox_loading, run as cogvideox_run, sat as cogvideox_sat
-from .opensora import buckets, stdit, stdit2, stdit3, vae_v1_2
-from .text_encoders import T5_MAX_LENGTH, TextEncoderError, clean_caption, load_t5, t5_encode
+from .opensora import buckets, dc_ae, hunyuan_vae, mmdit, stdit, stdit2, stdit3, vae_v1_2
+from .text_encoders import (T5_MAX_LENGTH, TextEncoderError, clean_caption, clip_pooled, is_clip, load_clip, load_t5,
+                            t5_encode)
 
 # Combo lists of the nodes: new entries go at the end (saved workflows store the values, not positions, but
 # the defaults are the first entries).
-TEXT_FAMILIES = ["opensora-v1.2", "cogvideox", "opensora-v1.0", "opensora-v1.1"]
-SCHEDULERS = ["rflow", "dpm", "ddim", "iddpm"]
+TEXT_FAMILIES = ["opensora-v1.2", "cogvideox", "opensora-v1.0", "opensora-v1.1", "opensora-v2.0"]
+SCHEDULERS = ["rflow", "dpm", "ddim", "iddpm", "rflow-v2"]
 FAMILY_SCHEDULERS = {"opensora-v1.2": ["rflow"], "cogvideox": cogvideox_run.SCHEDULERS,
-                     "opensora-v1.0": ["iddpm"], "opensora-v1.1": ["iddpm"]}
+                     "opensora-v1.0": ["iddpm"], "opensora-v1.1": ["iddpm"], "opensora-v2.0": ["rflow-v2"]}
 TEXT_LENGTH = {"opensora-v1.0": T5_MAX_LENGTH["v1.0"], "opensora-v1.1": T5_MAX_LENGTH["v1.1"],
                "opensora-v1.2": T5_MAX_LENGTH["v1.2"]}
-RESOLUTIONS = ["144p", "240p", "360p", "480p", "720p", "1080p", "custom"]
+RESOLUTIONS = ["144p", "240p", "360p", "480p", "720p", "1080p", "custom", "256px", "768px"]  # the last two: 2.0
 # Width:height, as users read aspect ratios; Open-Sora 1.2 keys its tables height:width (see bucket_size).
 ASPECT_RATIOS = ["16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "2:1", "1:2", "17:9", "9:17", "21:9", "8:3",
-                 "25:12", "50:27", "27:50", "8:5"]
+                 "25:12", "50:27", "27:50", "8:5", "2.39:1", "1:2.39", "1.85:1", "1:1.85", "5:8"]
 
 MODEL_FAMILIES = {"stdit3": "opensora-v1.2", "cogvideox": "cogvideox", "cogvideox_sat": "cogvideox",
-                  "stdit": "opensora-v1.0", "stdit2": "opensora-v1.1"}
+                  "stdit": "opensora-v1.0", "stdit2": "opensora-v1.1", "mmdit": "opensora-v2.0"}
 VAE_FAMILIES = {"opensora_vae_v1_2": "opensora-v1.2", "cogvideox_vae": "cogvideox", "cogvideox_vae_sat": "cogvideox",
-                "sd_vae": "sd-vae"}
+                "sd_vae": "sd-vae", "hunyuan_vae": "hunyuan-vae", "dc_ae": "dc-ae"}
 # The VAE family whose latents each model family denoises (Open-Sora 1.0 and 1.1 share the SD VAE).
-MODEL_VAE = {"opensora-v1.2": "opensora-v1.2", "cogvideox": "cogvideox", "opensora-v1.0": "sd-vae",
-             "opensora-v1.1": "sd-vae"}
+V2_VAES = ("hunyuan-vae", "dc-ae")  # Open-Sora 2.0's VAEs (256px / 768px presets)
+CAUSAL_4X_VAES = ("hunyuan-vae",)  # 4k+1 frames -> k+1 latent frames (the DC-AE: 4k frames -> k)
+MODEL_VAE = {"opensora-v1.2": ("opensora-v1.2",), "cogvideox": ("cogvideox",), "opensora-v1.0": ("sd-vae",),
+             "opensora-v1.1": ("sd-vae",), "opensora-v2.0": ("hunyuan-vae", "dc-ae")}
 
 
 class ModelLoadError(ValueError):
@@ -79,7 +83,13 @@ class VideoVAE:
 
     @property
     def spatial_ratio(self) -> int:
-        return self.net.spatial_ratio
+        return self.net.spatial_compression_ratio if self.family in CAUSAL_4X_VAES else self.net.spatial_ratio
+
+    @property
+    def grid(self) -> int:
+        """Pixels per latent token side: sizes must be multiples of it (2.0's MMDiT patches HunyuanVideo
+        latents 2x2; the DC-AE's 32x latents are used unpatched)."""
+        return {"hunyuan-vae": 16, "dc-ae": 32}.get(self.family, self.spatial_ratio)
 
     @property
     def latent_channels(self) -> int:
@@ -91,13 +101,19 @@ class VideoVAE:
         return getattr(self.net, "micro_z_frame_size", None)
 
     def latent_frames(self, num_frames: int) -> int:
-        if self.family == "cogvideox":
+        if self.family == "cogvideox" or self.family in CAUSAL_4X_VAES:
             return (num_frames - 1) // 4 + 1
         return self.net.latent_frames(num_frames)
 
     def check_num_frames(self, num_frames: int):
         if self.family == "cogvideox":
             return cogvideox_run.check_frames(num_frames)
+        if self.family in CAUSAL_4X_VAES:
+            if (num_frames - 1) % 4:
+                lo = (num_frames - 1) // 4 * 4 + 1
+                return (f"{num_frames} frames is not 4k+1, which Open-Sora 2.0's causal VAE needs",
+                        f"use {lo} or {lo + 4} (129 = 5 s at 24 fps, as released)")
+            return None
         return self.net.check_num_frames(num_frames)
 
 
@@ -169,6 +185,10 @@ def _build_model(kind: str, sd: dict, path: str):
         net = stdit2.load_stdit2(checkpoint.fit_null_caption(sd, TEXT_LENGTH["opensora-v1.1"]))
     elif kind == "stdit":
         net, config = stdit.load_released(sd, TEXT_LENGTH["opensora-v1.0"])
+    elif kind == "mmdit":
+        net = mmdit.load_mmdit(sd)
+        config = {"variant": "flux-t2i" if net.guidance_in is not None else
+                  ("dc-ae" if net.in_channels == 128 else "hunyuan-vae")}
     else:
         net = stdit3.load_stdit3(sd, model_max_length=T5_MAX_LENGTH["v1.2"])
     return net, config
@@ -191,6 +211,11 @@ def load_vae(path: str, dtype_name: str = "auto") -> VideoVAE:
             net = cogvideox_loading.build_vae(sd, config)
         elif kind == "sd_vae":
             net = sd_vae.load_video_vae(sd)
+        elif kind == "dc_ae":
+            net = dc_ae.load_dc_ae(sd)
+        elif kind == "hunyuan_vae":
+            # spatial tiling on, as 2.0's inference configs: it only engages above 256 px (32 latents)
+            net = hunyuan_vae.load_hunyuan_vae(sd, use_spatial_tiling=True)
         else:
             net = vae_v1_2.load_vae_v1_2(sd)
     except (ValueError, KeyError, IndexError, RuntimeError) as e:
@@ -205,8 +230,17 @@ def load_text_encoder(path: str, tokenizer_dir: str | None, dtype_name: str = "a
     # Open-Sora 1.x ran T5 in fp32; on GPU bf16 halves the 19 GB of T5-XXL at a negligible cost.
     dtype = (torch.float32 if device.type == "cpu" else torch.bfloat16) if dtype_name == "auto" else \
         devices.check_dtype(dtype_name, device)
-    from .text_encoders import find_tokenizer
+    from .text_encoders import CLIP_TOKENIZER_FILES, find_tokenizer
 
+    if _is_clip_file(path):  # CLIP-L, the pooled-vector encoder of Open-Sora 2.0
+        if tokenizer_dir is None:
+            tokenizer_dir = find_tokenizer(path, files=CLIP_TOKENIZER_FILES, extra_dirs=[
+                comfy_adapter.model_path(comfy_adapter.PACK_FOLDER, "clip_tokenizer") or "",
+                *comfy_adapter.bundled_tokenizer_dirs("sd1_tokenizer")])
+        try:
+            return load_clip(path, tokenizer_dir, dtype=dtype, device=device)
+        except TextEncoderError as e:
+            raise ModelLoadError(str(e)) from e
     if tokenizer_dir is None:
         tokenizer_dir = find_tokenizer(path, extra_dirs=[comfy_adapter.model_path(comfy_adapter.PACK_FOLDER,
                                                                                   "t5_tokenizer") or "",
@@ -215,6 +249,18 @@ def load_text_encoder(path: str, tokenizer_dir: str | None, dtype_name: str = "a
         return load_t5(path, tokenizer_dir, dtype=dtype, device=device)
     except TextEncoderError as e:
         raise ModelLoadError(str(e)) from e
+
+
+def _is_clip_file(path: str) -> bool:
+    if os.path.isdir(path):
+        cfg = os.path.join(path, "config.json")
+        return os.path.exists(cfg) and "clip" in json.load(open(cfg)).get("model_type", "")
+    if not path.endswith(".safetensors"):
+        return False
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        return is_clip(dict.fromkeys(f.keys()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,11 +277,34 @@ def opensora_v1_2_prompt(prompt: str, aesthetic_score=None, motion_score=None, c
     return clean_caption(prompt)
 
 
+def opensora_v2_prompt(prompt: str, motion_score=None, fps: int = 24) -> str:
+    """'<prompt>. 24 FPS. 4 motion score.' as 2.0's inference appends it (no caption cleaning)."""
+    prompt = prompt.rstrip()
+    if prompt and not prompt.endswith("."):
+        prompt += "."
+    return f"{prompt} {fps} FPS. {motion_score if motion_score is not None else 4:g} motion score."
+
+
 def encode_text(encoder, prompt: str, family: str, aesthetic_score=None, motion_score=None, camera_motion=None,
-                offload: bool = True) -> dict:
+                offload: bool = True, clip=None) -> dict:
     if family not in TEXT_FAMILIES:
         raise InputError("family", f"unknown model family '{family}'", f"choose one of {TEXT_FAMILIES}")
-    if family in ("opensora-v1.0", "opensora-v1.1"):
+    if getattr(encoder, "kind", "t5") != "t5":
+        raise InputError("text_encoder", "this is a CLIP encoder, not T5", "connect the T5 encoder here (and "
+                         "CLIP, for Open-Sora 2.0, to the clip input)")
+    if family == "opensora-v2.0":
+        if clip is None or getattr(clip, "kind", None) != "clip":
+            raise InputError("clip", "Open-Sora 2.0 also needs CLIP-L's pooled text vector", "load clip_l.safetensors "
+                             "with OpenSora Text Encoder Loader and connect it to the clip input")
+        # T5 at 512 tokens run without the attention mask, CLIP pooled; the unconditional pair is T5("") / CLIP("")
+        text = opensora_v2_prompt(prompt, motion_score)
+        y, mask = t5_encode(encoder, [text, ""], max_length=T5_MAX_LENGTH["v2.0"], use_mask=False)
+        vec = clip_pooled(clip, [text, ""])
+        cond = {"family": family, "y": y[:1], "mask": mask[:1], "vec": vec[:1], "null_y": y[1:], "null_vec": vec[1:],
+                "prompts": [text]}
+        if offload:
+            clip.to(devices.offload_device())
+    elif family in ("opensora-v1.0", "opensora-v1.1"):
         # the caption cleaning of v1.x, no score suffixes (those came with 1.2); 120 / 200 tokens
         text = clean_caption(prompt)
         y, mask = t5_encode(encoder, [text], max_length=TEXT_LENGTH[family])
@@ -265,18 +334,28 @@ def bucket_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:
 
 def empty_latent(vae: VideoVAE, resolution: str, aspect_ratio: str, width: int, height: int, num_frames: int,
                  batch_size: int) -> dict:
-    if resolution != "custom":
+    v2_preset = resolution in buckets.PIXELS_V2
+    if resolution != "custom" and v2_preset != (vae.family in V2_VAES):
+        presets = list(buckets.PIXELS_V2) if vae.family in V2_VAES else list(buckets.PIXELS)
+        raise InputError("resolution", f"'{resolution}' is not a preset of this VAE's model family",
+                         f"choose one of {presets} or custom")
+    if v2_preset:
+        if aspect_ratio not in buckets.ASPECT_RATIOS_V2:
+            raise InputError("aspect_ratio", f"'{aspect_ratio}' is not an Open-Sora 2.0 aspect ratio",
+                             f"choose one of {buckets.ASPECT_RATIOS_V2}")
+        height, width = buckets.get_image_size_v2(resolution, aspect_ratio, vae.grid)
+    elif resolution != "custom":
         if aspect_ratio not in ASPECT_RATIOS:
             raise InputError("aspect_ratio", f"'{aspect_ratio}' is not a known aspect ratio",
                              f"choose one of {ASPECT_RATIOS}")
         height, width = bucket_size(resolution, aspect_ratio)
-    ratio = vae.spatial_ratio
+    ratio, grid = vae.spatial_ratio, vae.grid
     # Presets follow the original: 240x426 gives 53 latent columns and decodes to 424 px, while the model is
     # still told 426 (position-embedding scale, timestep transform). Custom sizes must be exact.
-    if resolution == "custom" and (height % ratio or width % ratio):
-        name = "height" if height % ratio else "width"
-        raise InputError(name, f"{height if name == 'height' else width} is not divisible by {ratio} (the VAE's "
-                         f"spatial compression)", f"use a multiple of {ratio}")
+    if resolution == "custom" and (height % grid or width % grid):
+        name = "height" if height % grid else "width"
+        raise InputError(name, f"{height if name == 'height' else width} is not divisible by {grid} (the latent "
+                         f"grid of this VAE and model)", f"use a multiple of {grid}")
     problem = vae.check_num_frames(num_frames)
     if problem:
         raise InputError("num_frames", problem[0], problem[1])
@@ -309,7 +388,7 @@ def _fit_frames(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def encode_reference(vae: VideoVAE, video: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Reference frames [1,3,T,H,W] in -1..1 -> latent [C, T', h, w] (posterior mean: deterministic)."""
-    return encode(vae, _fit_frames(video, height, width))["samples"][0]
+    return encode(vae, _fit_frames(video, height, width), "reference")["samples"][0]
 
 
 def add_reference(latent: dict, vae: VideoVAE, video: torch.Tensor, reference_start: int, target_start: int,
@@ -372,18 +451,23 @@ def _check_family(model: DiffusionModel, cond: dict, latent_info: dict):
     if cond.get("family") != model.family:
         raise InputError("positive", f"the conditioning was encoded for '{cond.get('family')}' but the model is "
                          f"'{model.family}'", f"set family to {model.family} in OpenSora Text Encode")
-    if latent_info.get("family") not in (None, MODEL_VAE[model.family]):
+    if latent_info.get("family") not in (None, *MODEL_VAE[model.family]):
         raise InputError("latent", f"the latent belongs to a '{latent_info.get('family')}' VAE but the model is "
                          f"'{model.family}'", "make the latent with the VAE that matches the model")
 
 
 def sample(model: DiffusionModel, positive: dict, latent: dict, seed: int, steps: int, cfg: float,
-           scheduler: str, denoise: float, fps: int, negative: dict | None = None, dynamic_cfg: bool = False) -> dict:
+           scheduler: str, denoise: float, fps: int, negative: dict | None = None, dynamic_cfg: bool = False,
+           guidance_img: float = 3.0, guidance_oscillation: bool = True, temporal_image_guidance: bool = True,
+           flow_shift: float = 0.0) -> dict:
     info = _latent_info(latent)
     _check_family(model, positive, info)
     if scheduler not in FAMILY_SCHEDULERS[model.family]:
         raise InputError("scheduler", f"'{scheduler}' is not a scheduler of {model.family}",
                          f"choose one of {FAMILY_SCHEDULERS[model.family]}")
+    if model.family == "opensora-v2.0":
+        return _sample_v2(model, positive, negative, latent, info, seed, steps, cfg, denoise, guidance_img,
+                          guidance_oscillation, temporal_image_guidance, flow_shift)
     if model.family == "cogvideox":
         return _sample_cogvideox(model, positive, negative, latent, info, seed, steps, cfg, scheduler, denoise,
                                  dynamic_cfg)
@@ -464,6 +548,67 @@ def _sample_iddpm(model, positive, latent, info, seed, steps, cfg, denoise, fps)
         out = iddpm.sample(net, z.to(device), y.to(device), y_null, steps, cfg, 3, y_mask.to(device), kwargs,
                            noise_fn=lambda shape: noise_mod.seeded_noise(seed, shape, gen, device=device),
                            float32_betas=v11, mask=None if mask is None else mask.to(device))
+    comfy_adapter.soft_empty_cache()
+    return {**latent, "samples": out.float().cpu(), "opensora": {**info, "conditions": []}}
+
+
+def _v2_conditions(z: torch.Tensor, conditions: list):
+    """masks / masked_ref (Open-Sora 2.0's i2v condition) from the reference conditions placed on the latent,
+    and whether they are image conditions (single frames: i2v head / tail / loop) rather than video ones."""
+    B, C, T, H, W = z.shape
+    masks, masked_ref = torch.zeros(B, 1, T, H, W), torch.zeros(B, C, T, H, W)
+    for entry, ref in conditions:
+        if entry.edit_ratio:
+            raise InputError("latent", "Open-Sora 2.0 keeps reference frames fixed (it has no edit ratio)",
+                             "set edit_ratio to 0 in the reference condition")
+        ts = entry.target_start % T
+        rs = entry.ref_start % ref.shape[1]
+        n = min(entry.length, T - ts, ref.shape[1] - rs)
+        masks[:, :, ts:ts + n] = 1
+        masked_ref[:, :, ts:ts + n] = ref[:, rs:rs + n]
+    single = bool(conditions) and all(entry.length == 1 for entry, _ in conditions)
+    return masks, masked_ref, single
+
+
+def _sample_v2(model, positive, negative, latent, info, seed, steps, cfg, denoise, guidance_img, oscillation,
+               temporal_image_guidance, flow_shift):
+    """Open-Sora 2.0: shifted flow schedule, text + image guidance, image conditions through cond_in."""
+    net = model.net
+    x0 = latent["samples"].float()
+    B, C, T, H, W = x0.shape
+    p = net.patch_size
+    if C * p * p != net.in_channels:
+        raise InputError("latent", f"the latent has {C} channels but this MMDiT takes {net.in_channels // (p * p)} "
+                         f"(16: HunyuanVideo VAE; 128: Video DC-AE)", "make the latent with the VAE released "
+                         "with this model")
+    if H % p or W % p:
+        raise InputError("latent", f"the latent's {H}x{W} grid is not divisible by the {p}x{p} patches",
+                         f"use a size that is a multiple of {p * 8} px")
+    if net.guidance_in is not None:
+        raise InputError("model", "this is the guidance-distilled Flux text-to-image model of Open-Sora's t2i2v "
+                         "mode", "load Open_Sora_v2.safetensors for video")
+    if positive["y"].shape[-1] != net.txt_in.in_features or positive["vec"].shape[-1] != net.vector_in.in_layer.in_features:
+        raise InputError("positive", "the T5 / CLIP widths do not match this model's text inputs",
+                         "encode with T5-XXL and CLIP-L")
+    masks, masked_ref, image_cond = _v2_conditions(x0, info.get("conditions") or [])
+    gen = noise_mod.generator(seed)
+    noise = noise_mod.seeded_noise(seed, x0.shape, gen)
+    tokens = H * W // (p * p)
+    total = steps if denoise >= 1.0 else max(steps, int(round(steps / max(denoise, 1e-3))))
+    timesteps = rflow_v2.get_schedule(total, tokens, T, alpha=flow_shift or None)[-(steps + 1):]
+    z = (1 - timesteps[0]) * x0 + timesteps[0] * noise  # denoise < 1 starts part-way, from the input latent
+    txt, vec = positive["y"][:, 0].repeat(B, 1, 1), positive["vec"].repeat(B, 1)
+    neg = negative if negative is not None and negative.get("family") == model.family else None
+    txt_neg = neg["y"][:, 0] if neg else positive["null_y"][:, 0]
+    vec_neg = neg["vec"] if neg else positive["null_vec"]
+    device, dtype = model.device, model.dtype
+    with offload.on_device(net, model.offload, device, model.offload_device):
+        out = rflow_v2.sample(net, z.to(device, dtype), txt.to(device, dtype), vec.to(device, dtype),
+                              txt_neg.to(device, dtype), vec_neg.to(device, dtype), timesteps, cfg, guidance_img,
+                              masks.to(device, dtype), masked_ref.to(device, dtype), oscillation, oscillation,
+                              temporal_image_guidance and image_cond)
+    if image_cond:
+        out = rflow_v2.paste(out, masks.to(out.device), masked_ref.to(out.device))
     comfy_adapter.soft_empty_cache()
     return {**latent, "samples": out.float().cpu(), "opensora": {**info, "conditions": []}}
 
@@ -549,6 +694,18 @@ def decode(vae: VideoVAE, latent: dict, temporal_chunk: int = 0, temporal_overla
         finally:
             if vae.offload_device != vae.device:
                 net.to(vae.offload_device)
+    if vae.family in V2_VAES:
+        # The VAEs' own tiling, blended exactly as the original: spatial tiles always (the Hunyuan VAE engages
+        # them above 256 px, as 2.0's inference configs set it); time tiles when temporal_chunk is set.
+        saved = net.use_temporal_tiling
+        net.use_temporal_tiling = bool(temporal_chunk) if vae.family == "hunyuan-vae" else True
+        try:
+            video = net.decode(latent["samples"].to(vae.device, vae.dtype))
+        finally:
+            net.use_temporal_tiling = saved
+            if vae.offload_device != vae.device:
+                net.to(vae.offload_device)
+        return video[:, :, : info["num_frames"]].float().cpu()
     try:
         z = latent["samples"].to(vae.device, vae.dtype)
         bar = comfy_adapter.Progress(-(-z.shape[2] // net.micro_z_frame_size), desc="decoding")
@@ -561,19 +718,25 @@ def decode(vae: VideoVAE, latent: dict, temporal_chunk: int = 0, temporal_overla
     return video.float().cpu()
 
 
-def encode(vae: VideoVAE, video: torch.Tensor) -> dict:
+def encode(vae: VideoVAE, video: torch.Tensor, input_name: str = "images") -> dict:
     _, _, t, h, w = video.shape
     ratio = vae.spatial_ratio
     if h % ratio or w % ratio:
-        raise InputError("images", f"frames of {w}x{h} are not divisible by {ratio}",
+        raise InputError(input_name, f"frames of {w}x{h} are not divisible by {ratio}",
                          f"resize or crop them to multiples of {ratio} first")
     if vae.family == "cogvideox" and (t - 1) % 4:
-        raise InputError("images", f"{t} frames is not 4k+1, which the CogVideoX VAE needs",
+        raise InputError(input_name, f"{t} frames is not 4k+1, which the CogVideoX VAE needs",
                          "trim the frames (OpenSora Load Video's frame_cap) to 4k+1")
+    if vae.family in V2_VAES:
+        problem = vae.check_num_frames(t)
+        if problem:
+            raise InputError(input_name, problem[0], problem[1] + " (OpenSora Load Video's frame_cap trims frames)")
     net = vae.net.to(vae.device)
     try:
         if vae.family == "cogvideox":
             z = net.encode_moments(video.to(vae.device, vae.dtype))[0]  # posterior mean: deterministic
+        elif vae.family == "dc-ae":  # deterministic: no posterior
+            z = net.encode(video.to(vae.device, vae.dtype))
         else:
             z = net.encode(video.to(vae.device, vae.dtype), sample_posterior=False)
     finally:

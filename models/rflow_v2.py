@@ -119,19 +119,8 @@ def sample(model, z: torch.Tensor, txt: torch.Tensor, y_vec: torch.Tensor, txt_n
     return unpack(img, T, H, W, p)
 
 
-def paste_references(x: torch.Tensor, cond_type: str, refs: list | None) -> torch.Tensor:
-    """Put the exact reference latents back into the conditioned frames after sampling (every batch item that
-    has references; the original does it for item 0 only, the same thing at batch size 1)."""
-    if refs is None or cond_type == "t2v":
-        return x
-    x = x.clone()
-    for i, ref in enumerate(refs):
-        if ref is None:
-            continue
-        if cond_type in ("i2v_head", "i2v_loop"):
-            x[i, :, :1] = ref[0][:, :1]
-        if cond_type == "i2v_tail":
-            x[i, :, -1:] = ref[0][:, -1:]
-        if cond_type == "i2v_loop":
-            x[i, :, -1:] = ref[1][:, -1:] if len(ref) > 1 else ref[0][:, -1:]
-    return x
+def paste(x: torch.Tensor, masks: torch.Tensor, masked_ref: torch.Tensor) -> torch.Tensor:
+    """Put the exact reference latents back into the conditioned frames after image-conditioned sampling. The
+    original does this for i2v cond types and batch item 0 only (the same thing at batch size 1); here every
+    item that has a reference gets it."""
+    return torch.where(masks.bool(), masked_ref.to(x), x)

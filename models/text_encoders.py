@@ -1,4 +1,4 @@
-"""T5 v1.1 (and later CLIP) text encoders through transformers, loaded from local files only.
+"""T5 v1.1 and CLIP text encoders through transformers, loaded from local files only.
 
 Two T5 layouts are accepted:
 - a Hugging Face folder (config.json + weights, e.g. DeepFloyd/t5-v1_1-xxl), and
@@ -6,6 +6,9 @@ Two T5 layouts are accepted:
   t5xxl_fp8_e4m3fn[_scaled].safetensors): T5EncoderModel keys, config read off the tensor shapes.
 The tokenizer always comes from a local folder (the checkpoint's own folder, a folder named like the
 file, models/opensora/t5_tokenizer, or the tokenizer ComfyUI ships).
+
+CLIP-L (Open-Sora 2.0's pooled text vector) loads the same two ways: an HF folder
+(openai/clip-vit-large-patch14) or ComfyUI's clip_l.safetensors (CLIPTextModel keys `text_model.*`).
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ import torch
 from .checkpoint import load_state_dict_file
 
 T5_MAX_LENGTH = {"v1.0": 120, "v1.1": 200, "v1.2": 300, "v2.0": 512}
+CLIP_MAX_LENGTH = 77
+T5_TOKENIZER_FILES = {"spiece.model", "tokenizer.json"}
+CLIP_TOKENIZER_FILES = {"vocab.json", "tokenizer.json"}
 
 
 class TextEncoderError(ValueError):
@@ -58,13 +64,13 @@ def _dequantize(sd: dict, dtype: torch.dtype) -> dict:
     return out
 
 
-def find_tokenizer(model_path: str, extra_dirs=()) -> str | None:
-    """First folder that holds a T5 tokenizer, near the checkpoint or in the usual places."""
+def find_tokenizer(model_path: str, extra_dirs=(), files=T5_TOKENIZER_FILES) -> str | None:
+    """First folder that holds a tokenizer (one of `files`), near the checkpoint or in the usual places."""
     base = model_path if os.path.isdir(model_path) else os.path.dirname(model_path)
     stem = os.path.splitext(model_path)[0]
     candidates = [base, stem, os.path.join(base, "tokenizer"), stem + "_tokenizer", *extra_dirs]
     for d in candidates:
-        if d and os.path.isdir(d) and ({"spiece.model", "tokenizer.json"} & set(os.listdir(d))):
+        if d and os.path.isdir(d) and (set(files) & set(os.listdir(d))):
             return d
     return None
 
@@ -79,11 +85,14 @@ def load_tokenizer(folder: str):
 
 
 @dataclass
-class T5Encoder:
+class TextEncoder:
+    """A transformers encoder with its tokenizer; kind is "t5" or "clip"."""
     model: torch.nn.Module
     tokenizer: object
     device: torch.device
     dtype: torch.dtype
+
+    kind: str = "t5"
 
     def to(self, device):
         self.model.to(device)
@@ -91,7 +100,10 @@ class T5Encoder:
         return self
 
 
-def load_t5(path: str, tokenizer_dir: str | None = None, dtype=torch.float32, device="cpu") -> T5Encoder:
+T5Encoder = TextEncoder
+
+
+def load_t5(path: str, tokenizer_dir: str | None = None, dtype=torch.float32, device="cpu") -> TextEncoder:
     """A T5 encoder from an HF folder or a single safetensors file."""
     from transformers import T5Config, T5EncoderModel
 
@@ -119,7 +131,57 @@ def load_t5(path: str, tokenizer_dir: str | None = None, dtype=torch.float32, de
             raise TextEncoderError(f"{os.path.basename(path)} lacks T5 encoder weights: {missing[:5]}...")
         model = model.to(dtype)
     model.eval().requires_grad_(False)
-    return T5Encoder(model.to(device), load_tokenizer(tokenizer_dir), torch.device(device), dtype)
+    return TextEncoder(model.to(device), load_tokenizer(tokenizer_dir), torch.device(device), dtype)
+
+
+def clip_config_from_state_dict(sd: dict) -> dict:
+    """CLIPTextConfig arguments from the weight shapes; heads of 64 channels and quick_gelu as OpenAI's CLIP."""
+    vocab, hidden = sd["text_model.embeddings.token_embedding.weight"].shape
+    return dict(vocab_size=vocab, hidden_size=hidden, num_attention_heads=max(1, hidden // 64),
+                intermediate_size=sd["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+                num_hidden_layers=1 + max(int(k.split(".")[3]) for k in sd if k.startswith("text_model.encoder.layers.")),
+                max_position_embeddings=sd["text_model.embeddings.position_embedding.weight"].shape[0],
+                hidden_act="quick_gelu", bos_token_id=vocab - 2, pad_token_id=vocab - 1,
+                eos_token_id=2)  # eos 2 selects transformers' legacy pooling: at the highest id, OpenAI's <|endoftext|>
+
+
+def is_clip(sd: dict) -> bool:
+    return any(k.endswith("text_model.embeddings.token_embedding.weight") for k in sd)
+
+
+def load_clip(path: str, tokenizer_dir: str | None = None, dtype=torch.float32, device="cpu") -> TextEncoder:
+    """A CLIP text encoder from an HF folder or a single safetensors file (clip_l.safetensors)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    if not os.path.exists(path):
+        raise TextEncoderError(f"text encoder not found: {path}")
+    if tokenizer_dir is None:
+        raise TextEncoderError(
+            f"no CLIP tokenizer found next to {path}: put its files (vocab.json and merges.txt, or tokenizer.json) "
+            f"in a folder beside it named like the file plus '_tokenizer', or pick one with the tokenizer input")
+    if os.path.isdir(path):
+        model = CLIPTextModel.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
+    else:
+        sd = _dequantize(load_state_dict_file(path), dtype)
+        cut = next(k for k in sd if k.endswith("text_model.embeddings.token_embedding.weight")).index("text_model.")
+        sd = {k[cut:]: v for k, v in sd.items() if k[cut:].startswith("text_model.")}  # drop prefixes, projection
+        # built on the CPU, not meta: position_ids is a non-persistent buffer the file does not hold (CLIP-L is
+        # 123M parameters, so the throwaway init is cheap)
+        model = CLIPTextModel(CLIPTextConfig(**clip_config_from_state_dict(sd)))
+        sd.pop("text_model.embeddings.position_ids", None)
+        # transformers 4 names CLIPTextModel's weights text_model.*, transformers 5 drops the prefix
+        own = "text_model." if any(k.startswith("text_model.") for k in model.state_dict()) else ""
+        sd = {own + k[len("text_model."):]: v for k, v in sd.items()}
+        missing, _ = model.load_state_dict(sd, strict=False)
+        if missing:
+            raise TextEncoderError(f"{os.path.basename(path)} lacks CLIP text weights: {missing[:5]}...")
+        model = model.to(dtype)
+    model.eval().requires_grad_(False)
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise TextEncoderError(f"could not read a CLIP tokenizer from {tokenizer_dir}: {e}") from e
+    return TextEncoder(model.to(device), tokenizer, torch.device(device), dtype, kind="clip")
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,6 +198,14 @@ def t5_encode(enc: T5Encoder, texts: list[str], max_length: int, use_mask: bool 
     ids, mask = tok["input_ids"].to(enc.device), tok["attention_mask"].to(enc.device)
     hidden = enc.model(input_ids=ids, attention_mask=mask if use_mask else None).last_hidden_state
     return hidden.float()[:, None].cpu(), mask.cpu()
+
+
+@torch.no_grad()
+def clip_pooled(enc: TextEncoder, texts: list[str]) -> torch.Tensor:
+    """CLIP's pooled output [B, hidden] float32: 77 tokens padded to the maximum, no attention mask (2.0)."""
+    tok = enc.tokenizer(texts, max_length=CLIP_MAX_LENGTH, padding="max_length", truncation=True,
+                        return_tensors="pt")
+    return enc.model(input_ids=tok["input_ids"].to(enc.device)).pooler_output.float().cpu()
 
 
 _URL = re.compile(r"\b(?:https?:|www\.)\S+", re.IGNORECASE)

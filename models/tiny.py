@@ -60,6 +60,47 @@ def write_tiny_t5(path: str, d_model: int = 32, num_layers: int = 2, num_heads: 
     return path
 
 
+def write_clip_tokenizer(folder: str, words=WORDS) -> int:
+    """A small CLIP-style BPE tokenizer (vocab.json + merges.txt with '</w>' word ends; <|startoftext|> and
+    <|endoftext|> last, so the end token has the highest id as in OpenAI's vocabulary). Returns the vocab size."""
+    import json
+    import tempfile
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([" ".join(words)] * 8, trainers.BpeTrainer(vocab_size=400, end_of_word_suffix="</w>",
+                                                                         show_progress=False))
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.model.save(tmp)
+        vocab = json.load(open(os.path.join(tmp, "vocab.json")))
+        vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+        with open(os.path.join(tmp, "vocab.json"), "w") as f:
+            json.dump(vocab, f)
+        CLIPTokenizer(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt")).save_pretrained(folder)
+    return len(vocab)
+
+
+def write_tiny_clip(path: str, hidden: int = 64, layers: int = 2, seed: int = 0) -> str:
+    """A tiny CLIP text encoder as ComfyUI's clip_l.safetensors layout (text_model.* plus text_projection),
+    its tokenizer in `<stem>_tokenizer/`. Returns the file path."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    vocab = write_clip_tokenizer(os.path.splitext(path)[0] + "_tokenizer")
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(vocab_size=vocab, hidden_size=hidden, num_attention_heads=max(1, hidden // 64),
+                            intermediate_size=2 * hidden, num_hidden_layers=layers, max_position_embeddings=77,
+                            projection_dim=hidden, hidden_act="quick_gelu", bos_token_id=vocab - 2,
+                            pad_token_id=vocab - 1, eos_token_id=2)
+    sd = CLIPTextModelWithProjection(config).state_dict()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sd.items() if k != "text_model.embeddings.position_ids"}, path)
+    return path
+
+
 def write_tiny_stdit3(path: str, seed: int = 0, **overrides) -> str:
     """A tiny STDiT3 (hidden 64, depth 2) with the released key layout and a 300-token null caption, so it
     takes the v1.2 text conditioning of write_tiny_t5 (d_model 32)."""
@@ -118,6 +159,40 @@ def write_tiny_sd_vae(path: str, seed: int = 0) -> str:
     return path
 
 
+def write_tiny_mmdit(path: str, in_channels: int = 64, patch_size: int = 2, seed: int = 0) -> str:
+    """A tiny Open-Sora 2.0 MMDiT (hidden 64, 2 heads, 2 double + 2 single blocks) in the released split-qkv
+    layout, taking write_tiny_t5's width-32 T5 features and write_tiny_clip's 64-wide pooled vector.
+    in_channels 64 / patch 2 pairs with the HunyuanVideo VAE, 32 / patch 1 with write_tiny_dc_ae."""
+    from .opensora.mmdit import MMDiT
+
+    torch.manual_seed(seed)
+    model = MMDiT(in_channels=in_channels, vec_in_dim=64, context_in_dim=32, hidden_size=64, num_heads=2, depth=2,
+                  depth_single_blocks=2, axes_dim=(4, 14, 14), patch_size=patch_size)
+    _perturb(model)
+    _save(model, path)
+    return path
+
+
+def write_tiny_hunyuan_vae(path: str, seed: int = 0) -> str:
+    """A tiny HunyuanVideo VAE (widths 8-16, 8x space, 4x time, 16 latent channels) in the released layout."""
+    from .opensora.hunyuan_vae import HunyuanVAE
+
+    torch.manual_seed(seed)
+    _save(HunyuanVAE(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4), path)
+    return path
+
+
+def write_tiny_dc_ae(path: str, seed: int = 0) -> str:
+    """A tiny Video DC-AE (the released six stages at widths 8-64, 32x space, 4x time, 32 latent channels)."""
+    from .opensora.dc_ae import VideoDCAE
+
+    torch.manual_seed(seed)
+    widths = [8, 8, 16, 32, 32, 64]
+    _save(VideoDCAE(latent_channels=32, encoder_widths=widths, encoder_depths=[1] * 6, decoder_widths=widths,
+                    decoder_depths=[1] * 6), path)
+    return path
+
+
 def _perturb(model):
     """Zero-initialised layers made non-zero, so every path of a random test model matters."""
     with torch.no_grad():
@@ -141,15 +216,28 @@ TINY_FILES_V1 = {"model_v1.0": "diffusion_models/opensora_v1.0_tiny.pth",
                  "vae_sd": "vae/sd_vae_tiny.safetensors"}
 
 
+# Open-Sora 2.0 (T5 is shared with the files above)
+TINY_FILES_V2 = {"model_v2.0": "diffusion_models/opensora_v2_tiny.safetensors",
+                 "model_v2.0_dc_ae": "diffusion_models/opensora_v2_dc_ae_tiny.safetensors",
+                 "vae_hunyuan": "vae/hunyuan_vae_tiny.safetensors",
+                 "vae_dc_ae": "vae/dc_ae_tiny.safetensors",
+                 "clip": "text_encoders/clip_l_tiny.safetensors"}
+
+
 def write_tiny_models(models_dir: str) -> dict:
     """Every tiny checkpoint under a models folder, as a user would lay out real ones. Returns the paths."""
-    paths = {k: os.path.join(models_dir, v) for k, v in {**TINY_FILES, **TINY_FILES_V1}.items()}
+    paths = {k: os.path.join(models_dir, v) for k, v in {**TINY_FILES, **TINY_FILES_V1, **TINY_FILES_V2}.items()}
     write_tiny_stdit3(paths["model"])
     write_tiny_vae_v1_2(paths["vae"])
     write_tiny_t5(paths["text_encoder"])
     write_tiny_stdit(paths["model_v1.0"])
     write_tiny_stdit2(paths["model_v1.1"])
     write_tiny_sd_vae(paths["vae_sd"])
+    write_tiny_mmdit(paths["model_v2.0"])
+    write_tiny_mmdit(paths["model_v2.0_dc_ae"], in_channels=32, patch_size=1)
+    write_tiny_hunyuan_vae(paths["vae_hunyuan"])
+    write_tiny_dc_ae(paths["vae_dc_ae"])
+    write_tiny_clip(paths["clip"])
     return paths
 
 

@@ -188,8 +188,10 @@ class OpenSoraSampler:
                    "and the conditions placed by the reference / mask-strategy nodes. CogVideoX: DPM-Solver++(2M) "
                    "or DDIM (v-prediction), optional dynamic cfg, image-to-video from a Reference Condition at "
                    "frame 0. Open-Sora 1.0 / 1.1: IDDPM (scheduler iddpm, 100 steps as released) with guidance on 3 of "
-                   "the 4 channels and, for 1.1, the reference conditions. denoise < 1 edits the input latent "
-                   "(video-to-video).")
+                   "the 4 channels and, for 1.1, the reference conditions. Open-Sora 2.0: rflow-v2, the shifted "
+                   "flow schedule with text guidance (cfg, 7.5 as released) and image guidance (guidance_img) for "
+                   "reference frames placed by Reference Condition (first frame, last frame, or both for a loop). "
+                   "denoise < 1 edits the input latent (video-to-video).")
     CATEGORY = f"{CATEGORY}/sampling"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
@@ -226,13 +228,29 @@ class OpenSoraSampler:
                 "dynamic_cfg": ("BOOLEAN", {"default": False,
                                             "tooltip": "CogVideoX: the guidance scale follows the reference's "
                                                        "cosine 'wave' schedule (use_dynamic_cfg)."}),
+                "guidance_img": ("FLOAT", {"default": 3.0, "min": 1.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                                           "tooltip": "Open-Sora 2.0: guidance toward the reference frames (and "
+                                                      "for text-to-video its empty-image pass)."}),
+                "guidance_oscillation": ("BOOLEAN", {"default": True,
+                                                     "tooltip": "Open-Sora 2.0: from step 10 on, guidance only on "
+                                                                "even steps (text_osci / image_osci)."}),
+                "temporal_image_guidance": ("BOOLEAN", {"default": True,
+                                                        "tooltip": "Open-Sora 2.0 image-to-video: image guidance "
+                                                                   "rises along the video and falls over the steps "
+                                                                   "(scale_temporal_osci)."}),
+                "flow_shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                                         "tooltip": "Open-Sora 2.0: the schedule's shift; 0 = from resolution and "
+                                                    "length, as released."}),
             }}
 
     def sample(self, model, positive, latent, seed, steps, cfg, scheduler, denoise, fps, negative=None,
-               dynamic_cfg=False):
+               dynamic_cfg=False, guidance_img=3.0, guidance_oscillation=True, temporal_image_guidance=True,
+               flow_shift=0.0):
         return (_checked("OpenSoraSampler", pipeline.sample, model, positive, latent, seed=seed, steps=steps,
                          cfg=cfg, scheduler=scheduler, denoise=denoise, fps=fps, negative=negative,
-                         dynamic_cfg=dynamic_cfg),)
+                         dynamic_cfg=dynamic_cfg, guidance_img=guidance_img,
+                         guidance_oscillation=guidance_oscillation, temporal_image_guidance=temporal_image_guidance,
+                         flow_shift=flow_shift),)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..models import pipeline
 from .common import CATEGORY
+from .sampling import _checked
 
 CAMERA_MOTIONS = ["none", "static", "pan right", "pan left", "tilt up", "tilt down", "zoom in", "zoom out"]
 
@@ -11,7 +12,9 @@ class OpenSoraTextEncode:
     DESCRIPTION = ("Encodes a prompt with T5 the way the chosen model family was trained: Open-Sora 1.2 appends "
                    "the aesthetic / motion / camera suffixes, cleans the caption and pads to 300 tokens; Open-Sora "
                    "1.0 / 1.1 clean it and pad to 120 / 200 tokens (no suffixes); CogVideoX takes the raw text at "
-                   "226 tokens (and the empty prompt as its default negative). The "
+                   "226 tokens (and the empty prompt as its default negative); Open-Sora 2.0 appends '24 FPS. N "
+                   "motion score.' (N = motion_score, 4 when 0), runs T5 at 512 tokens without a mask and adds "
+                   "CLIP-L's pooled vector from the clip input (the empty prompt is its default negative). The "
                    "embeddings are kept on the CPU so the encoder can leave the GPU before sampling.")
     CATEGORY = f"{CATEGORY}/conditioning"
     RETURN_TYPES = ("OPENSORA_COND",)
@@ -38,13 +41,15 @@ class OpenSoraTextEncode:
             "offload": ("BOOLEAN", {"default": True,
                                     "tooltip": "Move the text encoder to the offload device after encoding, so "
                                                "the transformer has the GPU to itself."}),
+        }, "optional": {
+            "clip": ("OPENSORA_TEXT_ENCODER", {"tooltip": "CLIP-L (clip_l.safetensors) from OpenSora Text Encoder "
+                                                          "Loader: Open-Sora 2.0 needs its pooled vector."}),
         }}
 
-    def encode(self, text_encoder, prompt, family, aesthetic_score, motion_score, camera_motion, offload):
-        cond = pipeline.encode_text(text_encoder, prompt, family, aesthetic_score=aesthetic_score or None,
-                                    motion_score=motion_score or None,
-                                    camera_motion=None if camera_motion == "none" else camera_motion,
-                                    offload=offload)
+    def encode(self, text_encoder, prompt, family, aesthetic_score, motion_score, camera_motion, offload, clip=None):
+        cond = _checked("OpenSoraTextEncode", pipeline.encode_text, text_encoder, prompt, family,
+                        aesthetic_score=aesthetic_score or None, motion_score=motion_score or None,
+                        camera_motion=None if camera_motion == "none" else camera_motion, offload=offload, clip=clip)
         return (cond,)
 
 

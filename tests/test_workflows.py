@@ -12,7 +12,8 @@ from comfyui_opensora.harness import pack as pack_mod
 from comfyui_opensora.harness.convert import load_prompt
 from comfyui_opensora.harness.execute import Executor
 from comfyui_opensora.harness.validate import format_report, validate_prompt
-from comfyui_opensora.models.tiny import TINY_FILES, TINY_FILES_V1, write_tiny_cogvideox, write_tiny_models
+from comfyui_opensora.models.tiny import (TINY_FILES, TINY_FILES_V1, TINY_FILES_V2, write_tiny_cogvideox,
+                                          write_tiny_models)
 from conftest import REPO_ROOT
 
 # The demo workflows run on the bundled demo model itself, with their behaviour checked (tests/test_demo.py).
@@ -55,17 +56,27 @@ V1X = {"opensora_v1.0": {"model_name": os.path.basename(TINY_FILES_V1["model_v1.
        "opensora_v1.1": {"model_name": os.path.basename(TINY_FILES_V1["model_v1.1"])}}
 
 
+# Open-Sora 2.0 workflows: the tiny MMDiT, Hunyuan VAE and CLIP; 9 frames (4k+1) at 64x48 (multiples of 16)
+V2 = {"model_name": os.path.basename(TINY_FILES_V2["model_v2.0"]),
+      "vae_name": os.path.basename(TINY_FILES_V2["vae_hunyuan"]), "num_frames": 9}
+
+
 def _prepare(prompt, env, name, variant=None):
     # extension workflows carry 5 latents (17 frames) over: their clips need two chunks (34 frames)
     overrides = {**OVERRIDES, "num_frames": 34} if ("extend" in name or "long" in name) else OVERRIDES
     for prefix, extra in V1X.items():
         if name.startswith(prefix):
             overrides = {**OVERRIDES, **extra, "vae_name": os.path.basename(TINY_FILES_V1["vae_sd"])}
+    if name.startswith("opensora_v2.0"):
+        overrides = {**OVERRIDES, **V2}
     if variant:  # CogVideoX: 64x64 (multiple of 16), 17 frames (8k+1 for 1.5), its pipeline folder
         overrides = {**OVERRIDES, "model_name": f"cog_{variant}", "vae_name": f"cog_{variant}", "width": 64,
                      "height": 64}
     for node in prompt.values():
         inputs = node["inputs"]
+        if inputs.get("text_encoder_name") == "clip_l.safetensors":  # 2.0's second text encoder
+            inputs["text_encoder_name"] = os.path.basename(TINY_FILES_V2["clip"])
+            continue
         for k, v in overrides.items():
             if k in inputs and not isinstance(inputs[k], list):
                 # the video converter keeps its own size: only model nodes get the tiny latent size
@@ -73,7 +84,8 @@ def _prepare(prompt, env, name, variant=None):
                     continue
                 inputs[k] = v
         if node["class_type"] == "OpenSoraLoadVideo":
-            inputs["path"] = env["image"] if "i2v" in name else env["clip"]
+            images = "i2v" in name or name.startswith(("opensora_v2.0_first_last", "opensora_v2.0_loop"))
+            inputs["path"] = env["image"] if images else env["clip"]
             if "i2v" in name and variant:
                 inputs["path"] = env["image64"]
             if "opensora" in name:
@@ -101,6 +113,8 @@ def test_shipped_workflow_runs(path, variant, env):
     video = video_io.read_video(saved[0])
     expected = {"video_convert.json": 34, "opensora_v1.2_extend.json": 34 + (34 - 17),
                 "opensora_v1.2_long_video.json": 34 + 2 * (34 - 17)}.get(name, 17)
+    if name.startswith("opensora_v2.0"):
+        expected = 9
     assert video.frames.shape[0] == expected
     if name.startswith("opensora"):
         assert video.frames.shape[1:3] == ((64, 64) if name.startswith("opensora_v1.0") else (48, 64))

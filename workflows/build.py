@@ -360,12 +360,103 @@ def opensora_v1_1_i2v(defs, Builder):
     return b
 
 
+# -- Open-Sora 2.0: MMDiT with the HunyuanVideo VAE, T5 + CLIP-L, the guided flow sampler ----------------------
+def _v2_core(b, prompt, resolution="256px", num_frames=129):
+    model = b.add("OpenSoraModelLoader", 0, model_name="Open_Sora_v2.safetensors", dtype="auto")
+    vae = b.add("OpenSoraVAELoader", 0, vae_name="hunyuan_vae.safetensors", dtype="auto")
+    t5 = b.add("OpenSoraTextEncoderLoader", 0, text_encoder_name=T5, tokenizer="auto", dtype="auto", device="auto")
+    clip = b.add("OpenSoraTextEncoderLoader", 0, text_encoder_name="clip_l.safetensors", tokenizer="auto",
+                 dtype="auto", device="auto")
+    enc = b.add("OpenSoraTextEncode", 1, prompt=prompt, family="opensora-v2.0", aesthetic_score=0.0,
+                motion_score=4.0)
+    b.connect(t5, 0, enc, "text_encoder")
+    b.connect(clip, 0, enc, "clip")
+    latent = b.add("OpenSoraEmptyLatent", 1, resolution=resolution, aspect_ratio="16:9", num_frames=num_frames)
+    b.connect(vae, 0, latent, "vae")
+    return model, vae, enc, latent
+
+
+def _v2_sample_save(b, model, vae, cond, latent, col, prefix):
+    images = _sample_decode(b, model, vae, cond, latent, col, steps=50, cfg=7.5, scheduler="rflow-v2",
+                            guidance_img=3.0, guidance_oscillation=True, temporal_image_guidance=True,
+                            flow_shift=0.0)
+    _save(b, images, col + 1, prefix)
+
+
+def _v2_images(b, latent, vae, col, targets, shared_image=False):
+    """Reference Condition nodes placing images at the given latent frames (0 first, -1 last)."""
+    image = None
+    for i, target in enumerate(targets):
+        if image is None or not shared_image:
+            image = b.add("OpenSoraLoadVideo", col, video="none", path="")
+        ref = b.add("OpenSoraReferenceCondition", col + 1 + i, reference_start=0, target_start=target, length=1,
+                    edit_ratio=0.0)
+        b.connect(latent, 0, ref, "latent")
+        b.connect(vae, 0, ref, "vae")
+        b.connect(image, 0, ref, "reference")
+        latent = ref
+    return latent
+
+
+def opensora_v2_0_t2v_256px(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _v2_core(b, "a red panda eating bamboo in a misty forest, close-up")
+    _v2_sample_save(b, model, vae, cond, latent, 2, "OpenSora/v2_t2v")
+    b.note("Open-Sora 2.0 text-to-video at 256px (192x336, 129 frames): Open_Sora_v2.safetensors in "
+           "models/diffusion_models, hunyuan_vae.safetensors in models/vae, T5-XXL and clip_l.safetensors in "
+           "models/text_encoders. 50 steps, text guidance 7.5 with oscillation, as released.", 0)
+    return b
+
+
+def opensora_v2_0_t2v_768px(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _v2_core(b, "a red panda eating bamboo in a misty forest, close-up",
+                                        resolution="768px")
+    _v2_sample_save(b, model, vae, cond, latent, 2, "OpenSora/v2_t2v_768px")
+    b.note("Open-Sora 2.0 at 768px (576x1024, 129 frames). The 11B model needs offload on a 24 GB GPU: set "
+           "the loader's offload to sequential; the VAE decodes in 256 px tiles.", 0)
+    return b
+
+
+def opensora_v2_0_i2v(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _v2_core(b, "the waves roll onto the beach at sunset")
+    latent = _v2_images(b, latent, vae, 1, [0])
+    _v2_sample_save(b, model, vae, cond, latent, 3, "OpenSora/v2_i2v")
+    b.note("Open-Sora 2.0 image-to-video (i2v_head): the image is the first latent frame; guidance_img pulls "
+           "toward it, rising along the video.", 1)
+    return b
+
+
+def opensora_v2_0_first_last(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _v2_core(b, "a flower opens in time-lapse")
+    latent = _v2_images(b, latent, vae, 1, [0, -1])
+    _v2_sample_save(b, model, vae, cond, latent, 4, "OpenSora/v2_first_last")
+    b.note("Open-Sora 2.0 first + last frame: one image at the start, another at the end (i2v_loop with two "
+           "references).", 1)
+    return b
+
+
+def opensora_v2_0_loop(defs, Builder):
+    b = Builder(defs)
+    model, vae, cond, latent = _v2_core(b, "a paper boat bobbing on gentle waves")
+    latent = _v2_images(b, latent, vae, 1, [0, -1], shared_image=True)
+    _v2_sample_save(b, model, vae, cond, latent, 4, "OpenSora/v2_loop")
+    b.note("Open-Sora 2.0 loop (i2v_loop): the same image first and last, so the video comes back to where it "
+           "starts.", 1)
+    return b
+
+
 WORKFLOWS = {"video_convert": video_convert, "cogvideox_t2v": cogvideox_t2v, "cogvideox_i2v": cogvideox_i2v,
              "cogvideox_v2v": cogvideox_v2v, "opensora_v1.2_t2v": opensora_v1_2_t2v,
              "opensora_v1.2_i2v": opensora_v1_2_i2v, "opensora_v1.2_extend": opensora_v1_2_extend,
              "opensora_v1.2_long_video": opensora_v1_2_long_video, "opensora_v1.2_v2v_edit": opensora_v1_2_v2v_edit,
              "opensora_v1.0_t2v": opensora_v1_0_t2v, "opensora_v1.1_t2v": opensora_v1_1_t2v,
              "opensora_v1.1_i2v": opensora_v1_1_i2v,
+             "opensora_v2.0_t2v_256px": opensora_v2_0_t2v_256px, "opensora_v2.0_t2v_768px": opensora_v2_0_t2v_768px,
+             "opensora_v2.0_i2v": opensora_v2_0_i2v, "opensora_v2.0_first_last": opensora_v2_0_first_last,
+             "opensora_v2.0_loop": opensora_v2_0_loop,
              "demo_t2v": demo_t2v, "demo_i2v": demo_i2v, "demo_extend": demo_extend, "demo_loop": demo_loop}
 
 

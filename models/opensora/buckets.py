@@ -37,3 +37,23 @@ def get_image_size(resolution: str, aspect_ratio_hw: str) -> tuple[int, int]:
 def get_num_frames(value) -> int:
     """'4s' / '2x' aliases or an integer."""
     return NUM_FRAMES_ALIASES.get(str(value), None) or int(value)
+
+
+# Open-Sora 2.0: square pixel budgets, aspect ratios written width:height, sizes floored to the latent grid
+# (16 px for the HunyuanVideo VAE with 2x2 patches, 32 px for the Video DC-AE).
+PIXELS_V2 = {"256px": 256 * 256, "768px": 768 * 768}
+ASPECT_RATIOS_V2 = ["16:9", "9:16", "1:1", "2.39:1", "1:2.39", "2:1", "1:2", "1.85:1", "1:1.85", "3:2", "2:3", "4:3",
+                    "3:4", "8:5", "5:8"]
+
+
+def get_image_size_v2(resolution: str, aspect_ratio_wh: str, multiple: int = 16) -> tuple[int, int]:
+    """(height, width): H = sqrt(P / a), W = H * a for a = W/H, each floored to `multiple`
+    (256px 16:9 -> 192x336, 768px 16:9 -> 576x1024)."""
+    if resolution not in PIXELS_V2:
+        raise ValueError(f"unknown resolution '{resolution}' (Open-Sora 2.0 has {list(PIXELS_V2)})")
+    if aspect_ratio_wh not in ASPECT_RATIOS_V2:
+        raise ValueError(f"unknown aspect ratio '{aspect_ratio_wh}' (Open-Sora 2.0 has {ASPECT_RATIOS_V2})")
+    a_w, a_h = (float(x) for x in aspect_ratio_wh.split(":"))
+    h = math.sqrt(PIXELS_V2[resolution] * a_h / a_w)
+    w = h * a_w / a_h
+    return int(h // multiple * multiple), int(w // multiple * multiple)

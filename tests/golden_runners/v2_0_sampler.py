@@ -75,7 +75,8 @@ def run_sampling(case):
         x = rflow_v2.sample(model, z, txt, vec, t["txt_neg"], t["vec_neg"], timesteps, opt["guidance"],
                             opt["guidance_img"], masks, masked_ref, opt["text_osci"], opt["image_osci"],
                             opt["scale_temporal_osci"] and "i2v" in cond_type)
-        x = rflow_v2.paste_references(x, cond_type, refs)
+        if "i2v" in cond_type:
+            x = rflow_v2.paste(x, masks, masked_ref)
     assert_close(f"{case.name}:step0_cond", seen["cond"], t["step0_cond"], **case.tolerance)
     assert_close(f"{case.name}:step0_img_ids", seen["img_ids"], t["step0_img_ids"], atol=0, rtol=0)
     assert_close(f"{case.name}:x_out", x, t["x_out"], **case.tolerance)

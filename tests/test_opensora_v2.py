@@ -1,0 +1,176 @@
+"""Open-Sora 2.0 beyond the golden cases: the CLIP-L and Flux-layout loaders against transformers / the split
+layout, the prompt suffix and buckets the spec records, and the pipeline's conditions and input errors."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from comfyui_opensora.models import pipeline, tiny
+from comfyui_opensora.models.opensora import buckets
+from comfyui_opensora.models.opensora.mmdit import MMDiT, image_ids, load_mmdit, pack
+from comfyui_opensora.models.text_encoders import CLIP_TOKENIZER_FILES, clip_pooled, find_tokenizer, load_clip
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("v2")
+    paths = {k: str(root / v) for k, v in {**tiny.TINY_FILES, **tiny.TINY_FILES_V2}.items()}
+    tiny.write_tiny_t5(paths["text_encoder"])
+    tiny.write_tiny_clip(paths["clip"])
+    tiny.write_tiny_mmdit(paths["model_v2.0"])
+    tiny.write_tiny_mmdit(paths["model_v2.0_dc_ae"], in_channels=32, patch_size=1)
+    tiny.write_tiny_hunyuan_vae(paths["vae_hunyuan"])
+    tiny.write_tiny_dc_ae(paths["vae_dc_ae"])
+    t5 = pipeline.load_text_encoder(paths["text_encoder"], None, "fp32", "cpu")
+    clip = pipeline.load_text_encoder(paths["clip"], None, "fp32", "cpu")
+    return {"paths": paths, "t5": t5, "clip": clip, "model": pipeline.load_diffusion_model(paths["model_v2.0"]),
+            "vae": pipeline.load_vae(paths["vae_hunyuan"])}
+
+
+def test_clip_single_file_matches_transformers(models):
+    """clip_l.safetensors layout -> the pooled vector transformers' CLIPTextModelWithProjection gives."""
+    from safetensors.torch import load_file
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    path = models["paths"]["clip"]
+    enc = load_clip(path, find_tokenizer(path, files=CLIP_TOKENIZER_FILES))
+    ref = CLIPTextModelWithProjection(enc.model.config.__class__(**{**enc.model.config.to_dict(),
+                                                                     "projection_dim": 64}))
+    ref.load_state_dict(load_file(path), strict=False)
+    texts = ["a red circle moving left", ""]
+    ids = CLIPTokenizer.from_pretrained(find_tokenizer(path, files=CLIP_TOKENIZER_FILES))(
+        texts, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = ref.eval().text_model(input_ids=ids).pooler_output
+    got = clip_pooled(enc, texts)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert (got[0] - got[1]).abs().max() > 1e-3, "the prompt must change the pooled vector"
+
+
+def test_flux_fused_layout_loads_as_split():
+    """FLUX.1 names (img_attn.qkv, single linear1) load into the split-qkv model with identical outputs."""
+    torch.manual_seed(0)
+    model = MMDiT(in_channels=16, vec_in_dim=8, context_in_dim=8, hidden_size=64, num_heads=2, depth=1,
+                  depth_single_blocks=1, axes_dim=(4, 14, 14), guidance_embed=True, cond_embed=False,
+                  rope_half_split=False).eval()
+    sd = model.state_dict()
+    fused = {}
+    for k, v in sd.items():
+        for stream in ("img", "txt"):
+            q = f"double_blocks.0.{stream}_attn.q_proj."
+            if k.startswith(q):
+                kind = k[len(q):]
+                fused[f"double_blocks.0.{stream}_attn.qkv.{kind}"] = torch.cat(
+                    [sd[f"double_blocks.0.{stream}_attn.{n}_proj.{kind}"] for n in "qkv"])
+        if k.startswith("single_blocks.0.q_proj."):
+            kind = k.rsplit(".", 1)[1]
+            fused[f"single_blocks.0.linear1.{kind}"] = torch.cat(
+                [sd[f"single_blocks.0.{n}.{kind}"] for n in ("q_proj", "k_proj", "v_mlp")])
+        if not any(s in k for s in ("_attn.q_proj", "_attn.k_proj", "_attn.v_proj", "single_blocks.0.q_proj",
+                                    "single_blocks.0.k_proj", "single_blocks.0.v_mlp")):
+            fused[k] = v
+    loaded = load_mmdit(fused, num_heads=2)
+    assert loaded.half_split is False and loaded.guidance_in is not None
+    img = torch.randn(2, 12, 16)
+    args = (img, image_ids(2, 1, 6, 8), torch.randn(2, 5, 8), torch.zeros(2, 5, 3), torch.tensor([0.3, 0.9]),
+            torch.randn(2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(*args, guidance=torch.tensor([4.0, 4.0])),
+                                   model(*args, guidance=torch.tensor([4.0, 4.0])), atol=0, rtol=0)
+
+
+def test_prompt_suffix_and_buckets():
+    assert pipeline.opensora_v2_prompt("a cat") == "a cat. 24 FPS. 4 motion score."  # spec 5.4
+    assert pipeline.opensora_v2_prompt("a cat.", motion_score=7) == "a cat. 24 FPS. 7 motion score."
+    # spec 6: inference sizes of 2.0's buckets
+    for res, ar, hw in (("256px", "16:9", (192, 336)), ("256px", "9:16", (336, 192)), ("256px", "1:1", (256, 256)),
+                        ("256px", "2.39:1", (160, 384)), ("768px", "16:9", (576, 1024)),
+                        ("768px", "1:1", (768, 768)), ("768px", "2.39:1", (496, 1184))):
+        assert buckets.get_image_size_v2(res, ar) == hw
+
+
+def _cond(models, prompt="a red circle moving left"):
+    return pipeline.encode_text(models["t5"], prompt, "opensora-v2.0", motion_score=None, offload=False,
+                                clip=models["clip"])
+
+
+def test_text_encoding(models):
+    cond = _cond(models)
+    assert cond["prompts"] == ["a red circle moving left. 24 FPS. 4 motion score."]
+    assert cond["y"].shape == (1, 1, 512, 32) and cond["vec"].shape == (1, 64)
+    assert cond["null_y"].shape == (1, 1, 512, 32) and cond["null_vec"].shape == (1, 64)
+    with pytest.raises(pipeline.InputError, match="'clip'"):
+        pipeline.encode_text(models["t5"], "x", "opensora-v2.0", offload=False)
+    with pytest.raises(pipeline.InputError, match="'text_encoder'"):
+        pipeline.encode_text(models["clip"], "x", "opensora-v2.0", offload=False, clip=models["clip"])
+
+
+def test_loop_conditions_and_reproducibility(models):
+    vae, model, cond = models["vae"], models["model"], _cond(models)
+    latent = pipeline.empty_latent(vae, "custom", "16:9", 96, 64, 9, 1)
+    assert latent["samples"].shape == (1, 16, 3, 8, 12)
+    image = torch.rand(1, 3, 1, 64, 96) * 2 - 1
+    lat = pipeline.add_reference(pipeline.add_reference(latent, vae, image, 0, 0, 1, 0.0), vae, image, 0, -1, 1, 0.0)
+    out = pipeline.sample(model, cond, lat, 3, 3, 7.5, "rflow-v2", 1.0, 24)["samples"]
+    ref = pipeline.encode_reference(vae, image, 64, 96)
+    torch.testing.assert_close(out[0, :, 0], ref[:, 0])
+    torch.testing.assert_close(out[0, :, -1], ref[:, 0])
+    again = pipeline.sample(model, cond, lat, 3, 3, 7.5, "rflow-v2", 1.0, 24)["samples"]
+    assert torch.equal(out, again)
+    other = pipeline.sample(model, cond, lat, 4, 3, 7.5, "rflow-v2", 1.0, 24)["samples"]
+    assert (other[0, :, 1] - out[0, :, 1]).abs().max() > 1e-3, "the seed must change the free frames"
+    video = pipeline.decode(vae, {**latent, "samples": out})
+    assert video.shape == (1, 3, 9, 64, 96)
+
+
+def test_sampler_matches_rflow_v2_directly(models):
+    """The pipeline's text-to-video is rflow_v2.sample on seeded noise with the released schedule."""
+    from comfyui_opensora.models import noise as noise_mod, rflow_v2
+
+    vae, model, cond = models["vae"], models["model"], _cond(models)
+    latent = pipeline.empty_latent(vae, "custom", "16:9", 64, 48, 9, 1)
+    out = pipeline.sample(model, cond, latent, 5, 4, 6.0, "rflow-v2", 1.0, 24, guidance_img=2.0)["samples"]
+    z = noise_mod.seeded_noise(5, latent["samples"].shape, noise_mod.generator(5))
+    ts = rflow_v2.get_schedule(4, 6 * 8 // 4, 3)
+    with torch.no_grad():
+        expected = rflow_v2.sample(model.net, (1 - ts[0]) * torch.zeros_like(z) + ts[0] * z, cond["y"][:, 0],
+                                   cond["vec"], cond["null_y"][:, 0], cond["null_vec"], ts, 6.0, 2.0)
+    torch.testing.assert_close(out, expected)
+
+
+def test_input_errors(models):
+    vae, model, cond = models["vae"], models["model"], _cond(models)
+    with pytest.raises(pipeline.InputError, match="'num_frames'.*4k\\+1"):
+        pipeline.empty_latent(vae, "custom", "16:9", 64, 48, 10, 1)
+    with pytest.raises(pipeline.InputError, match="'width'.*16"):
+        pipeline.empty_latent(vae, "custom", "16:9", 72, 48, 9, 1)
+    with pytest.raises(pipeline.InputError, match="'resolution'"):
+        pipeline.empty_latent(vae, "240p", "16:9", 0, 0, 9, 1)
+    dc = pipeline.load_vae(models["paths"]["vae_dc_ae"])
+    wrong = pipeline.empty_latent(dc, "custom", "16:9", 64, 64, 8, 1)
+    with pytest.raises(pipeline.InputError, match="'latent'"):
+        pipeline.sample(model, cond, wrong, 0, 2, 7.5, "rflow-v2", 1.0, 24)
+    with pytest.raises(pipeline.InputError, match="'scheduler'"):
+        pipeline.sample(model, cond, pipeline.empty_latent(vae, "custom", "1:1", 64, 64, 9, 1), 0, 2, 7.5, "rflow",
+                        1.0, 24)
+    latent = pipeline.empty_latent(vae, "custom", "1:1", 64, 64, 9, 1)
+    edit = pipeline.add_reference(latent, vae, torch.zeros(1, 3, 1, 64, 64), 0, 0, 1, 0.5)
+    with pytest.raises(pipeline.InputError, match="edit_ratio"):
+        pipeline.sample(model, cond, edit, 0, 2, 7.5, "rflow-v2", 1.0, 24)
+
+
+def test_dc_ae_pipeline(models):
+    """The DC-AE variant: 128-channel latents in the release, 32 in the tiny model, patch 1, 4k frames."""
+    vae = pipeline.load_vae(models["paths"]["vae_dc_ae"])
+    model = pipeline.load_diffusion_model(models["paths"]["model_v2.0_dc_ae"])
+    latent = pipeline.empty_latent(vae, "256px", "1:1", 0, 0, 8, 1)
+    assert latent["samples"].shape == (1, 32, 2, 8, 8)
+    out = pipeline.sample(model, _cond(models), latent, 0, 2, 7.5, "rflow-v2", 1.0, 24)
+    assert pipeline.decode(vae, out).shape == (1, 3, 8, 256, 256)
+
+
+def test_packing_is_channel_slowest():
+    x = torch.arange(2 * 3 * 4 * 4).float().reshape(1, 2, 3, 4, 4)
+    tokens = pack(x)
+    assert tokens.shape == (1, 3 * 2 * 2, 8)
+    # token 0 = frame 0, patch (0, 0): channel 0's 2x2 pixels first, then channel 1's
+    assert tokens[0, 0].tolist() == [0, 1, 4, 5, 48, 49, 52, 53]
