@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import comfy_adapter
-from . import (checkpoint, devices, iddpm, mask_strategy, noise as noise_mod, offload, rflow, rflow_v2, sd_vae,
+from . import (checkpoint, devices, fp8, iddpm, mask_strategy, noise as noise_mod, offload, rflow, rflow_v2, sd_vae,
                tiling)
 from .cogvideox import loading as cogvideox_loading, run as cogvideox_run, sat as cogvideox_sat
 from .opensora import buckets, dc_ae, hunyuan_vae, mmdit, stdit, stdit2, stdit3, vae_v1_2
@@ -48,6 +48,10 @@ V2_VAES = ("hunyuan-vae", "dc-ae")  # Open-Sora 2.0's VAEs (256px / 768px preset
 CAUSAL_4X_VAES = ("hunyuan-vae",)  # 4k+1 frames -> k+1 latent frames (the DC-AE: 4k frames -> k)
 MODEL_VAE = {"opensora-v1.2": ("opensora-v1.2",), "cogvideox": ("cogvideox",), "opensora-v1.0": ("sd-vae",),
              "opensora-v1.1": ("sd-vae",), "opensora-v2.0": ("hunyuan-vae", "dc-ae")}
+
+
+# Storage-only precisions of the model loader: block weights in fp8, compute in the device's default precision.
+FP8_STORAGE = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 
 
 class ModelLoadError(ValueError):
@@ -155,8 +159,10 @@ def load_diffusion_model(path: str, dtype_name: str = "auto", offload_mode: str 
     except (ValueError, KeyError, IndexError, RuntimeError) as e:
         raise ModelLoadError(f"'{path}' looks like a {kind} checkpoint but its tensors do not fit that model "
                              f"({type(e).__name__}: {e}); the file may be truncated or converted wrongly") from e
-    dtype = _model_dtype(dtype_name, device, config.get("variant"))
+    dtype = _model_dtype("auto" if dtype_name in FP8_STORAGE else dtype_name, device, config.get("variant"))
     net.to(dtype=dtype).eval().requires_grad_(False)
+    if dtype_name in FP8_STORAGE:
+        fp8.store_fp8(net, FP8_STORAGE[dtype_name])
     return DiffusionModel(MODEL_FAMILIES[kind], net, dtype, device, devices.offload_device(), config, offload_mode)
 
 
@@ -186,7 +192,9 @@ def _build_model(kind: str, sd: dict, path: str):
     elif kind == "stdit":
         net, config = stdit.load_released(sd, TEXT_LENGTH["opensora-v1.0"])
     elif kind == "mmdit":
+        sd, scales = fp8.split_scaled_fp8(sd)  # ComfyUI-style fp8 files keep their fp8 weights and scales
         net = mmdit.load_mmdit(sd)
+        fp8.adopt_fp8_linears(net, scales)
         config = {"variant": "flux-t2i" if net.guidance_in is not None else
                   ("dc-ae" if net.in_channels == 128 else "hunyuan-vae")}
     else:

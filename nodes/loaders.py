@@ -31,15 +31,19 @@ class OpenSoraModelLoader:
             "model_name": (model_choices("diffusion_models"), {
                 "tooltip": "Checkpoint in models/diffusion_models (e.g. Open-Sora 1.2's model.safetensors), or a "
                            "diffusers-style folder in models/opensora."}),
-            "dtype": (DTYPE_CHOICES, {
+            "dtype": (DTYPE_CHOICES + list(pipeline.FP8_STORAGE), {
                 "default": "auto",
                 "tooltip": "Weight and compute precision. auto: the model's own (bf16; fp16 for CogVideoX-2B) on "
-                           "GPUs that support it, fp32 on CPU."}),
+                           "GPUs that support it, fp32 on CPU. fp8_e4m3fn / fp8_e5m2: the transformer blocks' "
+                           "weights stored in fp8 (about a quarter of fp32, half of bf16) and computed in the "
+                           "auto precision; fp8 checkpoints (ComfyUI's scaled_fp8) load as they are."}),
         }, "optional": {
             "offload": (OFFLOAD_MODES, {
                 "default": "model",
                 "tooltip": "model: on the GPU only while sampling; none: stays on the GPU; sequential: blocks "
-                           "visit the GPU one at a time (CogVideoX-5B in a few GB, slower)."}),
+                           "visit the GPU one at a time (CogVideoX-5B in a few GB, slower); sequential_prefetch: "
+                           "the same, with the next block copied while the current one runs (about two blocks "
+                           "of VRAM; block weights pinned in host RAM): Open-Sora 2.0 on a 24 GB GPU."}),
         }}
 
     def load(self, model_name, dtype, offload="model"):

@@ -95,6 +95,7 @@ def test_save_path_counter_and_subfolder(tmp_path):
 
 def test_model_folders(tmp_path):
     comfy_adapter.configure(models_dir=str(tmp_path))
+    bundled = comfy_adapter.list_models("diffusion_models")  # the demo model shipped in the pack
     try:
         (tmp_path / "diffusion_models" / "sub").mkdir(parents=True)
         (tmp_path / "unet").mkdir()
@@ -105,7 +106,8 @@ def test_model_folders(tmp_path):
         (tmp_path / "opensora" / "t5" / "config.json").write_text("{}")
         (tmp_path / "opensora" / "tok").mkdir()
         (tmp_path / "opensora" / "tok" / "spiece.model").write_bytes(b"")
-        assert comfy_adapter.list_models("diffusion_models") == ["b.pth", "sub/a.safetensors"]
+        listed = comfy_adapter.list_models("diffusion_models")
+        assert [m for m in listed if m not in bundled] == ["b.pth", "sub/a.safetensors"]
         assert comfy_adapter.list_models("opensora", dirs=True) == ["t5"]
         assert comfy_adapter.list_models("opensora", dirs=True, markers=comfy_adapter.TOKENIZER_DIR_MARKERS) == ["tok"]
         assert comfy_adapter.model_path("diffusion_models", "b.pth") == str(tmp_path / "unet" / "b.pth")

@@ -174,3 +174,27 @@ def test_packing_is_channel_slowest():
     assert tokens.shape == (1, 3 * 2 * 2, 8)
     # token 0 = frame 0, patch (0, 0): channel 0's 2x2 pixels first, then channel 1's
     assert tokens[0, 0].tolist() == [0, 1, 4, 5, 48, 49, 52, 53]
+
+
+def test_fp8_storage_through_the_loader(models, tmp_path):
+    """dtype fp8_e4m3fn stores the block weights in fp8 and samples close to fp32; a ComfyUI-style scaled_fp8
+    file of that model loads back with the same weights."""
+    from comfyui_opensora.models import fp8
+
+    path = models["paths"]["model_v2.0"]
+    full = pipeline.load_diffusion_model(path, "fp32")
+    small = pipeline.load_diffusion_model(path, "fp8_e4m3fn")
+    assert small.dtype == torch.float32  # compute precision on CPU
+    assert small.net.double_blocks[0].img_attn.q_proj.weight.dtype == torch.float8_e4m3fn
+    assert fp8.parameter_bytes(small.net) < 0.5 * fp8.parameter_bytes(full.net)
+    cond = _cond(models)
+    latent = pipeline.empty_latent(models["vae"], "custom", "16:9", 64, 48, 9, 1)
+    a = pipeline.sample(full, cond, latent, 1, 2, 7.5, "rflow-v2", 1.0, 24)["samples"]
+    b = pipeline.sample(small, cond, latent, 1, 2, 7.5, "rflow-v2", 1.0, 24)["samples"]
+    assert (a - b).abs().max() / a.abs().max() < 0.05
+    saved = str(tmp_path / "v2_fp8.safetensors")
+    save_file({k: v.contiguous() for k, v in fp8.scaled_fp8_state_dict(small.net).items()}, saved)
+    again = pipeline.load_diffusion_model(saved, "auto")
+    assert again.net.double_blocks[0].img_attn.q_proj.weight.dtype == torch.float8_e4m3fn
+    c = pipeline.sample(again, cond, latent, 1, 2, 7.5, "rflow-v2", 1.0, 24)["samples"]
+    torch.testing.assert_close(c, b)
