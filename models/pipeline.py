@@ -51,7 +51,7 @@ MODEL_VAE = {"opensora-v1.2": ("opensora-v1.2",), "cogvideox": ("cogvideox",), "
 
 
 # Storage-only precisions of the model loader: block weights in fp8, compute in the device's default precision.
-FP8_STORAGE = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+FP8_STORAGE = fp8.FP8_DTYPES
 
 
 class ModelLoadError(ValueError):
