@@ -198,3 +198,41 @@ def test_fp8_storage_through_the_loader(models, tmp_path):
     assert again.net.double_blocks[0].img_attn.q_proj.weight.dtype == torch.float8_e4m3fn
     c = pipeline.sample(again, cond, latent, 1, 2, 7.5, "rflow-v2", 1.0, 24)["samples"]
     torch.testing.assert_close(c, b)
+
+
+def _released(keys_file):
+    """The released state dict's layout as meta tensors, from the spec's key list (name <tab> shape)."""
+    import os
+
+    from conftest import REPO_ROOT
+
+    path = os.path.join(REPO_ROOT, "..", "shared", "specs", "opensora_keys", keys_file)
+    if not os.path.exists(path):
+        pytest.skip(f"the spec's key lists are not at {os.path.dirname(path)}")
+    sd = {}
+    for line in open(path):
+        if line.strip() and not line.startswith("#"):
+            name, shape = line.rstrip("\n").split("\t")
+            sd[name] = torch.empty(tuple(int(x) for x in shape.strip("()").split(",") if x.strip()), device="meta")
+    return sd
+
+
+def test_released_layouts_load():
+    """Every 2.0 file's released key layout is recognised and builds the released configuration."""
+    from comfyui_opensora.models import checkpoint
+    from comfyui_opensora.models.opensora import dc_ae, hunyuan_vae, mmdit
+
+    sd = _released("v2.0_MMDiT_Open_Sora_v2_keys.txt")
+    assert checkpoint.detect_family(sd) == "mmdit"
+    config = mmdit.config_from_state_dict(sd)
+    assert config == {**mmdit.RELEASED, "mlp_ratio": 4.0}
+    assert sum(p.numel() for p in mmdit.load_mmdit(sd).parameters()) == 11_891_390_528  # spec 1.6
+    config = mmdit.config_from_state_dict(_released("v2.0_MMDiT_Video_DC_AE_keys.txt"))
+    assert (config["in_channels"], config["patch_size"]) == (128, 1)
+    sd = _released("v2.0_hunyuan_vae_keys.txt")
+    assert checkpoint.detect_family(sd) == "hunyuan_vae"
+    vae = hunyuan_vae.load_hunyuan_vae(sd)
+    assert vae.latent_channels == 16 and vae.spatial_compression_ratio == 8
+    sd = _released("v2.0_video_dc_ae_f32t4c128_keys.txt")
+    assert checkpoint.detect_family(sd) == "dc_ae"
+    assert dc_ae.load_dc_ae(sd).spatial_ratio == 32
