@@ -15,17 +15,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _pack():
-    try:
-        import comfyui_opensora  # noqa: F401
-    except ImportError:  # a plain checkout: import the folder as the package
-        import importlib.util
+    sys.path.insert(0, os.path.dirname(HERE))  # the repository root, for _import_pack only
+    import _import_pack
 
-        root = os.path.dirname(HERE)
-        spec = importlib.util.spec_from_file_location("comfyui_opensora", os.path.join(root, "__init__.py"),
-                                                      submodule_search_locations=[root])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["comfyui_opensora"] = module
-        spec.loader.exec_module(module)
+    sys.path.remove(os.path.dirname(HERE))
+    _import_pack.ensure()
 
 
 def main():

@@ -49,17 +49,11 @@ MODES = ("none", "sequential", "sequential_prefetch")
 
 
 def _pack():
-    try:
-        import comfyui_opensora  # noqa: F401
-    except ImportError:
-        import importlib.util
+    sys.path.insert(0, os.path.dirname(HERE))  # the repository root, for _import_pack only
+    import _import_pack
 
-        root = os.path.dirname(HERE)
-        spec = importlib.util.spec_from_file_location("comfyui_opensora", os.path.join(root, "__init__.py"),
-                                                      submodule_search_locations=[root])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["comfyui_opensora"] = mod
-        spec.loader.exec_module(mod)
+    sys.path.remove(os.path.dirname(HERE))
+    _import_pack.ensure()
 
 
 def _build(config, seed=0):

@@ -1,4 +1,3 @@
-import importlib.util
 import os
 import sys
 
@@ -7,12 +6,11 @@ import pytest
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Make `comfyui_opensora` importable from a plain checkout too (CI installs it with pip -e).
-if importlib.util.find_spec("comfyui_opensora") is None:
-    spec = importlib.util.spec_from_file_location(
-        "comfyui_opensora", os.path.join(REPO_ROOT, "__init__.py"), submodule_search_locations=[REPO_ROOT])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["comfyui_opensora"] = module
-    spec.loader.exec_module(module)
+sys.path.insert(0, REPO_ROOT)
+import _import_pack  # noqa: E402
+
+sys.path.remove(REPO_ROOT)  # the root's folders (models/, nodes/, demo/) must not shadow other packages
+_import_pack.ensure()
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
