@@ -11,8 +11,8 @@ its last checkpoint in --work-dir (rerun the same command after an interruption)
            frozen: a latent loss plus a pixel loss through the decoder. Then shift/scale buffers are set to
            the latents' per-channel statistics, as the released VAE normalises its latents.
   latents  every training clip encoded once (posterior means), every caption encoded once.
-  dit      STDiT3 with Open-Sora 1.2's rectified-flow loss (logit-normal t, resolution-aware transform,
-           v = x0 - noise) and its mask-strategy training: per step one task, as Open-Sora's MaskGenerator
+  dit      STDiT3 with Open-Sora's rectified-flow loss (uniform t, v = x0 - noise; see stage_dit for why not
+           1.2's logit-normal + transform) and its mask-strategy training: per step one task, as Open-Sora's MaskGenerator
            picks one per sample: text-to-video, image-to-video (first latent conditioned), extension (the
            first 17-frame chunk of a 34-frame clip conditioned) or loop (first and last frame the same
            image). Conditioned frames stay clean, take the t0 path and are left out of the loss. Captions
@@ -61,8 +61,8 @@ PLAN = dict(
                pixel_frames=4, clips=500),
     dit=dict(config=dict(hidden_size=128, depth=4, num_heads=4, caption_channels=64, model_max_length=300,
                          patch_size=(1, 4, 4)),
-             steps=3000, batch=32, lr=4e-4, warmup=200, ema=0.998, drop_caption=0.1,
-             tasks={"t2v": 0.35, "i2v": 0.25, "extend": 0.25, "loop": 0.15}),
+             steps=4500, batch=32, lr=1.5e-3, warmup=200, ema=0.998, drop_caption=0.1,
+             tasks={"t2v": 0.5, "i2v": 0.2, "extend": 0.15, "loop": 0.15}),
 )
 QUICK = dict(clips=48, loops=12, vae2d=dict(steps=20, batch=4), vae3d=dict(steps=10, batch=2),
              dit=dict(steps=20, batch=4))
@@ -347,7 +347,6 @@ def stage_dit(work, plan, seed, clip_z, clip_captions, loop_z, loop_captions, te
         if task in ("t2v", "i2v"):  # the first or second 17-frame chunk of a clip
             half = torch.randint(2, (b,), generator=g) * 5
             x0 = torch.stack([x0[i, :, h:h + 5] for i, h in enumerate(half.tolist())])
-        frames = {5: clips.CHUNK, 6: clips.CHUNK + 1, 10: 2 * clips.CHUNK}[x0.shape[2]]
         variants = [caption_variants(pool_c[i]) for i in idx]
         pick = torch.randint(len(variants[0]), (b,), generator=g).tolist()
         y, mask = zip(*(text[v[p]] for v, p in zip(variants, pick)))
@@ -355,10 +354,12 @@ def stage_dit(work, plan, seed, clip_z, clip_captions, loop_z, loop_captions, te
         drop = torch.rand(b, generator=g) < cfg["drop_caption"]
         y = torch.where(drop[:, None, None], null[: y.shape[1]][None].to(y), y)
 
-        # Open-Sora 1.2 RFLOW training: logit-normal t, then the resolution/length-aware transform
-        t = torch.sigmoid(torch.randn(b, generator=g)) * rflow.NUM_TIMESTEPS
+        # Open-Sora's RFLOW scheduler with sample_method="uniform" and no timestep transform. Open-Sora 1.2's
+        # own choice (logit-normal, then the resolution/length transform) is made for >= 256px: at 64px the
+        # transform's ratio is 0.28, which leaves 0.4% of training above t = 800, yet the sampler's first steps
+        # (where colour, shape and motion are decided) run at 1000, 890 and 800.
+        t = torch.rand(b, generator=g) * rflow.NUM_TIMESTEPS
         full = lambda v: torch.full((b,), float(v))  # noqa: E731
-        t = rflow.timestep_transform(t, full(size), full(size), full(frames))
         noise = torch.randn(x0.shape, generator=g)
         x_t = rflow.add_noise(x0, noise, t)
         x_mask = task_masks(task, x0.shape[2], b)
@@ -429,8 +430,14 @@ def main(argv=None):
     vae = timed("vae3d", stage_vae3d, args.work_dir, plan, args.seed, vae2d, subset, zs)
     set_normalisation(vae, zs)
     del zs
-    clip_z = timed("encode", encode_clips, vae, videos)
-    loop_z = timed("encode_loops", encode_clips, vae, loop_videos)
+    cache = os.path.join(args.work_dir, "latents.pt")  # the VAE stages are done: their latents are final
+    if os.path.exists(cache):
+        clip_z, loop_z = torch.load(cache, weights_only=True)
+    else:
+        clip_z = timed("encode", encode_clips, vae, videos)
+        loop_z = timed("encode_loops", encode_clips, vae, loop_videos)
+        torch.save((clip_z, loop_z), cache + ".tmp")
+        os.replace(cache + ".tmp", cache)
 
     from ..models.text_encoders import load_t5
 

@@ -1,15 +1,17 @@
-"""The demo model's data, its model-free detector and its training script (every stage, a few steps).
-
-The trained weights are not shipped yet (the first full training run does not follow prompts: see
-benchmarks/demo_eval.py), so the behaviour tests on them come with the weights.
+"""The demo model's data, its model-free detector, its training script (every stage, a few steps), and the
+shipped model's behaviour: its videos scored by the detector, through the evaluation suites and through the
+demo workflows run by the harness.
 """
 import itertools
 import json
+import os
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from comfyui_opensora.demo import clips, detector, evaluate, train
+from conftest import REPO_ROOT
 
 
 # -- data and detector ---------------------------------------------------------------------------------------
@@ -73,3 +75,92 @@ def test_training_reproduces_from_a_seed_and_resumes(tmp_path):
     assert len(log) == train.QUICK["dit"]["steps"] and "loss" in json.loads(log[-1])
     train.main(["--quick", "--work-dir", str(tmp_path / "a"), "--out", str(tmp_path / "out_c")])
     assert len((tmp_path / "a" / "dit_loss.jsonl").read_text().splitlines()) == len(log)  # nothing retrained
+
+
+# -- the shipped demo model: does the video do what the prompt says? ------------------------------------------
+# Per suite, the share of the first 12 scenes (benchmarks/demo_eval.py runs them all) that get each attribute
+# right, with floors below what the shipped weights measure (benchmarks/results/demo_eval.json) and well above
+# chance (colour 1/5, shape 1/3, motion 1/7). A regression in text conditioning, reference placement, extension
+# or loops fails here. The model does not meet issue #4's goals yet (it rarely gets all three attributes right
+# from text alone), so the floors are on attributes, and on the whole video where it does (i2v).
+SUITE_FLOORS = {"seen": {"colour": 0.4, "shape": 0.4}, "held_out": {"colour": 0.35},
+                "i2v": {"correct": 0.5, "starts_at_image": 0.9, "motion": 0.75},
+                "extend": {"colour": 0.65, "motion": 0.5, "seam": 0.3},
+                "loop": {"colour": 0.8, "shape": 0.75, "closes": 0.25}}
+
+
+@pytest.fixture(scope="module")
+def demo_models():
+    if not os.path.exists(evaluate.demo_paths()["model"]):
+        pytest.fail("the demo model is not in demo_models/: it ships with the pack (python -m "
+                    "comfyui_opensora.demo.train rebuilds it)")
+    return evaluate.load_demo()
+
+
+@pytest.mark.parametrize("suite", list(SUITE_FLOORS))
+def test_demo_model_follows_prompts(demo_models, suite):
+    results = evaluate.run_suite(demo_models, suite, n=12)["results"]
+    for metric, floor in SUITE_FLOORS[suite].items():
+        share = sum(bool(r.get(metric)) for r in results) / len(results)
+        assert share >= floor, (metric, share, [(r["prompt"], r.get("detected")) for r in results])
+
+
+def _run_workflow(name, tmp_path, sets=()):
+    """A shipped demo workflow through the harness, as `python -m comfyui_opensora run` does; returns the frames
+    [T, H, W, 3] of the one video it saves."""
+    from comfyui_opensora import comfy_adapter, video_io
+    from comfyui_opensora.harness import pack as pack_mod
+    from comfyui_opensora.harness.cli import apply_sets
+    from comfyui_opensora.harness.convert import load_prompt
+    from comfyui_opensora.harness.execute import Executor
+    from comfyui_opensora.harness.validate import format_report, validate_prompt
+
+    pack = pack_mod.load_pack()
+    defs = pack_mod.node_definitions(pack)
+    prompt, _ = load_prompt(json.load(open(os.path.join(REPO_ROOT, "workflows", name))), defs)
+    assert not apply_sets(prompt, list(sets), defs)
+    comfy_adapter.configure(output_dir=str(tmp_path), input_dir=REPO_ROOT)
+    try:
+        result = validate_prompt(prompt, defs, pack.classes)
+        assert result["http_status"] == 200, format_report(result)
+        out = Executor(pack.classes).run(result["validated_prompt"])
+    finally:
+        comfy_adapter._settings.update(output_dir=None, input_dir=None)
+    saved = [os.path.join(str(tmp_path), i["subfolder"], i["filename"]) for o in out["outputs"].values()
+             for i in o.get("images", [])]
+    assert len(saved) == 1
+    return video_io.read_video(saved[0]).frames
+
+
+def test_demo_t2v_workflow(demo_models, tmp_path):
+    """The README's first command: the prompt's colour comes out (2 of 3 seeds at least), and another prompt's
+    colour replaces it."""
+    colours = []
+    for seed in range(3):
+        video = _run_workflow("demo_t2v.json", tmp_path / str(seed), [f"seed={seed}"])
+        assert video.shape == (17, 64, 64, 3)
+        colours.append(detector.measure(video).colour)
+    assert colours.count("red") >= 2, colours
+    video = _run_workflow("demo_t2v.json", tmp_path / "blue", ["prompt=a blue square moving down on a white "
+                                                               "background", "seed=0"])
+    assert detector.measure(video).colour == "blue"
+
+
+def test_demo_i2v_extend_loop_workflows(demo_models, tmp_path):
+    video = _run_workflow("demo_i2v.json", tmp_path / "i2v")
+    track = detector.measure(video)
+    assert track.colour == "blue" and track.motion == "right"  # the example image, moving as the prompt says
+    image = detector.position(evaluate.to_frames(evaluate.rendered(
+        clips.Scene("blue", "square", "right", "gray", x=20.0, y=30.0, half=9.0), 1)), 0)
+    start = detector.position(video, 0)
+    assert abs(start[0] - image[0]) <= evaluate.POS_TOL and abs(start[1] - image[1]) <= evaluate.POS_TOL
+    video = _run_workflow("demo_extend.json", tmp_path / "extend")
+    assert video.shape[0] == 2 * clips.CHUNK
+    after = detector.measure(video[clips.CHUNK:])
+    assert not after.area.isnan().any(), "the object is in every frame of the extension"
+    seam = [detector.position(video, clips.CHUNK + i) for i in (-1, 0)]
+    assert max(abs(seam[0][0] - seam[1][0]), abs(seam[0][1] - seam[1][1])) <= 2 * evaluate.POS_TOL, seam
+    video = _run_workflow("demo_loop.json", tmp_path / "loop")
+    a, b = detector.position(video, 0), detector.position(video, video.shape[0] - 1)
+    assert abs(a[0] - b[0]) <= evaluate.POS_TOL and abs(a[1] - b[1]) <= evaluate.POS_TOL, "the loop closes"
+    assert detector.measure(video).colour == "yellow"
