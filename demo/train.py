@@ -42,7 +42,6 @@ from tqdm.auto import tqdm
 from ..models import rflow, sd_vae
 from ..models.opensora.stdit3 import STDiT3
 from ..models.opensora.vae_v1_2 import OpenSoraVAEv12
-from ..models.text_encoders import T5_MAX_LENGTH
 from . import clips
 
 HERE = os.path.dirname(os.path.abspath(__file__))

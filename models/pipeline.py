@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import comfy_adapter
-from . import (checkpoint, devices, fp8, iddpm, mask_strategy, noise as noise_mod, offload, rflow, rflow_v2, sd_vae,
-               tiling)
-from .cogvideox import loading as cogvideox_loading, run as cogvideox_run, sat as cogvideox_sat
+from . import (checkpoint, devices, fp8, iddpm, mask_strategy, noise as noise_mod, offload, rflow, rflow_v2,
+               sd_vae)
+from .cogvideox import (loading as cogvideox_loading, run as cogvideox_run, sat as cogvideox_sat,
+                        vae as cogvideox_vae)
 from .opensora import buckets, dc_ae, hunyuan_vae, mmdit, stdit, stdit2, stdit3, vae_v1_2
 from .text_encoders import (T5_MAX_LENGTH, TextEncoderError, clean_caption, clip_pooled, is_clip, load_clip, load_t5,
                             t5_encode)
@@ -669,18 +670,22 @@ def decode(vae: VideoVAE, latent: dict, temporal_chunk: int = 0, temporal_overla
     net = vae.net.to(vae.device)
     if vae.family == "cogvideox":
         # Temporal chunks carry the conv cache, so they need no overlap; the chunk size (2 latents in the
-        # reference) sets GroupNorm's statistics, so 0 keeps the reference's. Spatial tiles are blended.
+        # reference) sets GroupNorm's statistics, so 0 keeps the reference's. Spatial tiles are diffusers' own
+        # (enable_tiling with this tile size and overlap): each tile keeps its conv cache, seams blend as there.
         batch = temporal_chunk or 2
+        grid = None
+        if spatial_tile:
+            r = vae.spatial_ratio
+            if spatial_tile % r or spatial_overlap % r or spatial_overlap >= spatial_tile:
+                raise InputError("spatial_overlap", f"CogVideoX tiles need a tile ({spatial_tile}) and overlap "
+                                 f"({spatial_overlap}) in multiples of {r} px, the overlap below the tile",
+                                 f"use multiples of {r}, e.g. 256 and 64")
+            grid = cogvideox_vae.Tiling.from_pixels(spatial_tile, spatial_overlap, r)
         try:
             z = latent["samples"].to(vae.device, vae.dtype)
-            if spatial_tile:
-                r = vae.spatial_ratio
-                tiles = tiling.tiled_2d(lambda t: torch.cat(list(net.decode_chunks(t, batch)), dim=2),
-                                        spatial_tile // r, max(0, spatial_overlap // r), r)
-                return tiles(z).float().cpu()
             bar = comfy_adapter.Progress(len(net.chunks(z.shape[2], batch)), desc="decoding")
             frames = []
-            for i, chunk in enumerate(net.decode_chunks(z, batch)):
+            for i, chunk in enumerate(net.decode_chunks(z, batch, tiling=grid)):
                 frames.append(chunk.float().cpu())
                 bar.update_absolute(i + 1)
             return torch.cat(frames, dim=2)

@@ -148,8 +148,8 @@ def test_sequential_offload_moves_one_block_at_a_time(tiny):
 
 
 def test_vae_decode_matches_diffusers_and_tiles(tiny):
-    """Untiled decode equals diffusers' (chunked, conv cache); spatial tiling is bounded by the tile, the same
-    size as untiled, and close to it."""
+    """Untiled decode equals diffusers' (chunked, conv cache); spatial tiling equals diffusers' enable_tiling with
+    the same tile and overlap."""
     folders, _ = tiny
     vae = pipeline.load_vae(folders["5b"], "fp32")
     ref = diffusers.AutoencoderKLCogVideoX.from_pretrained(os.path.join(folders["5b"], "vae")).eval()
@@ -161,6 +161,11 @@ def test_vae_decode_matches_diffusers_and_tiles(tiny):
         want = ref.decode(z).sample
     torch.testing.assert_close(ours, want, atol=1e-4, rtol=1e-4)
     tiled = pipeline.decode(vae, lat, spatial_tile=64, spatial_overlap=16)
-    assert tiled.shape == ours.shape and torch.isfinite(tiled).all()
+    ref.enable_tiling(tile_sample_min_height=64, tile_sample_min_width=64, tile_overlap_factor_height=0.25,
+                      tile_overlap_factor_width=0.25)
+    with torch.no_grad():
+        want_tiled = ref.decode(z).sample
+    torch.testing.assert_close(tiled, want_tiled, atol=1e-4, rtol=1e-4)  # diffusers' own tiling, seam for seam
+    assert (tiled - ours).abs().max() > 1e-4, "the tiles must differ from the untiled decode somewhere"
     whole = pipeline.decode(vae, lat, spatial_tile=128, spatial_overlap=16)  # one tile = the untiled decode
     torch.testing.assert_close(whole, ours, atol=1e-5, rtol=1e-5)

@@ -1,10 +1,8 @@
 """Open-Sora 1.0 / 1.1 beyond the golden cases: the SD VAE in its three key layouts (checked against diffusers),
 the released-checkpoint loaders, and the sampler's checks."""
-import os
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from comfyui_opensora.models import pipeline, sd_vae
 from comfyui_opensora.models.opensora.stdit import STDiT
