@@ -607,9 +607,11 @@ def _sample_v2(model, positive, negative, latent, info, seed, steps, cfg, denois
     timesteps = rflow_v2.get_schedule(total, tokens, T, alpha=flow_shift or None)[-(steps + 1):]
     z = (1 - timesteps[0]) * x0 + timesteps[0] * noise  # denoise < 1 starts part-way, from the input latent
     txt, vec = positive["y"][:, 0].repeat(B, 1, 1), positive["vec"].repeat(B, 1)
-    neg = negative if negative is not None and negative.get("family") == model.family else None
-    txt_neg = neg["y"][:, 0] if neg else positive["null_y"][:, 0]
-    vec_neg = neg["vec"] if neg else positive["null_vec"]
+    if negative is not None and negative.get("family") != model.family:
+        raise InputError("negative", f"the negative prompt was encoded for '{negative.get('family')}'",
+                         f"encode it with family {model.family} (or leave negative unconnected: the empty prompt)")
+    txt_neg = (negative or positive)["y" if negative else "null_y"][:, 0]
+    vec_neg = (negative or positive)["vec" if negative else "null_vec"]
     device, dtype = model.device, model.dtype
     with offload.on_device(net, model.offload, device, model.offload_device):
         out = rflow_v2.sample(net, z.to(device, dtype), txt.to(device, dtype), vec.to(device, dtype),

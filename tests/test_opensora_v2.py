@@ -153,6 +153,13 @@ def test_input_errors(models):
         pipeline.sample(model, cond, pipeline.empty_latent(vae, "custom", "1:1", 64, 64, 9, 1), 0, 2, 7.5, "rflow",
                         1.0, 24)
     latent = pipeline.empty_latent(vae, "custom", "1:1", 64, 64, 9, 1)
+    v12 = pipeline.encode_text(models["t5"], "x", "opensora-v1.2", offload=False)
+    with pytest.raises(pipeline.InputError, match="'negative'"):
+        pipeline.sample(model, cond, latent, 0, 2, 7.5, "rflow-v2", 1.0, 24, negative=v12)
+    with torch.no_grad():
+        neg = _cond(models, "a green square")
+    out = pipeline.sample(model, cond, latent, 0, 2, 7.5, "rflow-v2", 1.0, 24, negative=neg)["samples"]
+    assert (out - pipeline.sample(model, cond, latent, 0, 2, 7.5, "rflow-v2", 1.0, 24)["samples"]).abs().max() > 1e-4
     edit = pipeline.add_reference(latent, vae, torch.zeros(1, 3, 1, 64, 64), 0, 0, 1, 0.5)
     with pytest.raises(pipeline.InputError, match="edit_ratio"):
         pipeline.sample(model, cond, edit, 0, 2, 7.5, "rflow-v2", 1.0, 24)
