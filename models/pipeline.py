@@ -46,9 +46,8 @@ VAE_FAMILIES = {"opensora_vae_v1_2": "opensora-v1.2", "cogvideox_vae": "cogvideo
                 "sd_vae": "sd-vae", "hunyuan_vae": "hunyuan-vae", "dc_ae": "dc-ae"}
 # The VAE family whose latents each model family denoises (Open-Sora 1.0 and 1.1 share the SD VAE).
 V2_VAES = ("hunyuan-vae", "dc-ae")  # Open-Sora 2.0's VAEs (256px / 768px presets)
-CAUSAL_4X_VAES = ("hunyuan-vae",)  # 4k+1 frames -> k+1 latent frames (the DC-AE: 4k frames -> k)
 MODEL_VAE = {"opensora-v1.2": ("opensora-v1.2",), "cogvideox": ("cogvideox",), "opensora-v1.0": ("sd-vae",),
-             "opensora-v1.1": ("sd-vae",), "opensora-v2.0": ("hunyuan-vae", "dc-ae")}
+             "opensora-v1.1": ("sd-vae",), "opensora-v2.0": V2_VAES}
 
 
 # Storage-only precisions of the model loader: block weights in fp8, compute in the device's default precision.
@@ -88,7 +87,7 @@ class VideoVAE:
 
     @property
     def spatial_ratio(self) -> int:
-        return self.net.spatial_compression_ratio if self.family in CAUSAL_4X_VAES else self.net.spatial_ratio
+        return self.net.spatial_ratio
 
     @property
     def grid(self) -> int:
@@ -106,19 +105,13 @@ class VideoVAE:
         return getattr(self.net, "micro_z_frame_size", None)
 
     def latent_frames(self, num_frames: int) -> int:
-        if self.family == "cogvideox" or self.family in CAUSAL_4X_VAES:
+        if self.family == "cogvideox":
             return (num_frames - 1) // 4 + 1
         return self.net.latent_frames(num_frames)
 
     def check_num_frames(self, num_frames: int):
         if self.family == "cogvideox":
             return cogvideox_run.check_frames(num_frames)
-        if self.family in CAUSAL_4X_VAES:
-            if (num_frames - 1) % 4:
-                lo = (num_frames - 1) // 4 * 4 + 1
-                return (f"{num_frames} frames is not 4k+1, which Open-Sora 2.0's causal VAE needs",
-                        f"use {lo} or {lo + 4} (129 = 5 s at 24 fps, as released)")
-            return None
         return self.net.check_num_frames(num_frames)
 
 
@@ -263,7 +256,10 @@ def load_text_encoder(path: str, tokenizer_dir: str | None, dtype_name: str = "a
 def _is_clip_file(path: str) -> bool:
     if os.path.isdir(path):
         cfg = os.path.join(path, "config.json")
-        return os.path.exists(cfg) and "clip" in json.load(open(cfg)).get("model_type", "")
+        if not os.path.exists(cfg):
+            return False
+        with open(cfg) as f:
+            return "clip" in json.load(f).get("model_type", "")
     if not path.endswith(".safetensors"):
         return False
     from safetensors import safe_open

@@ -351,6 +351,29 @@ class HunyuanVAE(nn.Module):
         self.tile_sample_min_tsize = sample_tsize
         self.tile_latent_min_tsize = sample_tsize // time_compression_ratio
 
+    @property
+    def spatial_ratio(self) -> int:
+        return self.spatial_compression_ratio
+
+    def latent_frames(self, num_frames: int) -> int:
+        """Causal in time: the first frame alone, then every time_compression_ratio frames."""
+        return (num_frames - 1) // self.time_compression_ratio + 1
+
+    def check_num_frames(self, num_frames: int):
+        """(problem, fix) unless num_frames is k * time_compression_ratio + 1, else None."""
+        r = self.time_compression_ratio
+        if (num_frames - 1) % r:
+            lo = (num_frames - 1) // r * r + 1
+            return (f"{num_frames} frames is not {r}k+1, which Open-Sora 2.0's causal VAE needs",
+                    f"use {lo} or {lo + r} (129 = 5 s at 24 fps, as released)")
+        return None
+
+    def _tiled(self, tile_fn, fn, x, window_in: int, window_out: int):
+        """tile_fn (tile_space / tile_time) with the original's arithmetic: input windows of window_in every
+        window_in * (1 - overlap); output windows blend over window_out * overlap and keep the rest."""
+        blend = int(window_out * self.tile_overlap_factor)
+        return tile_fn(fn, x, window_in, int(window_in * (1 - self.tile_overlap_factor)), blend, window_out - blend)
+
     def get_latent_size(self, input_size) -> list[int]:
         """[T, H, W] of the latent of a [T, H, W] video."""
         t, h, w = input_size
@@ -366,9 +389,7 @@ class HunyuanVAE(nn.Module):
         tile = self.tile_sample_min_size
         if not (self.use_spatial_tiling and (x.shape[-1] > tile or x.shape[-2] > tile)):
             return self._encode_untiled(x)
-        blend = int(self.tile_latent_min_size * self.tile_overlap_factor)
-        return tile_space(self._encode_untiled, x, tile, int(tile * (1 - self.tile_overlap_factor)), blend,
-                          self.tile_latent_min_size - blend)
+        return self._tiled(tile_space, self._encode_untiled, x, tile, self.tile_latent_min_size)
 
     def encode_moments(self, x):
         """Video [B,3,T,H,W] in -1..1 -> moments [B, 2*latent, Tz, h, w] (mean, then logvar unclamped)."""
@@ -376,9 +397,7 @@ class HunyuanVAE(nn.Module):
             raise ValueError(f"the VAE encodes videos [B, C, T, H, W], got a tensor of shape {tuple(x.shape)}")
         tsize = self.tile_sample_min_tsize
         if self.use_temporal_tiling and x.shape[2] > tsize:
-            blend = int(self.tile_latent_min_tsize * self.tile_overlap_factor)
-            return tile_time(self._encode_spatial, x, tsize, int(tsize * (1 - self.tile_overlap_factor)), blend,
-                             self.tile_latent_min_tsize - blend)
+            return self._tiled(tile_time, self._encode_spatial, x, tsize, self.tile_latent_min_tsize)
         tile = self.tile_sample_min_size
         if self.use_spatial_tiling and (x.shape[-1] > tile or x.shape[-2] > tile):
             return self._encode_spatial(x)
@@ -413,16 +432,12 @@ class HunyuanVAE(nn.Module):
         tile = self.tile_latent_min_size
         if not (self.use_spatial_tiling and (z.shape[-1] > tile or z.shape[-2] > tile)):
             return self._decode_untiled(z)
-        blend = int(self.tile_sample_min_size * self.tile_overlap_factor)
-        return tile_space(self._decode_untiled, z, tile, int(tile * (1 - self.tile_overlap_factor)), blend,
-                          self.tile_sample_min_size - blend)
+        return self._tiled(tile_space, self._decode_untiled, z, tile, self.tile_sample_min_size)
 
     def _decode_one(self, z):
         tsize = self.tile_latent_min_tsize
         if self.use_temporal_tiling and z.shape[2] > tsize:
-            blend = int(self.tile_sample_min_tsize * self.tile_overlap_factor)
-            return tile_time(self._decode_spatial, z, tsize, int(tsize * (1 - self.tile_overlap_factor)), blend,
-                             self.tile_sample_min_tsize - blend)
+            return self._tiled(tile_time, self._decode_spatial, z, tsize, self.tile_sample_min_tsize)
         return self._decode_spatial(z)
 
     def decode(self, z):
