@@ -175,12 +175,16 @@ def test_dc_ae_pipeline(models):
     assert pipeline.decode(vae, out).shape == (1, 3, 8, 256, 256)
 
 
-def test_packing_is_channel_slowest():
-    x = torch.arange(2 * 3 * 4 * 4).float().reshape(1, 2, 3, 4, 4)
-    tokens = pack(x)
-    assert tokens.shape == (1, 3 * 2 * 2, 8)
-    # token 0 = frame 0, patch (0, 0): channel 0's 2x2 pixels first, then channel 1's
-    assert tokens[0, 0].tolist() == [0, 1, 4, 5, 48, 49, 52, 53]
+def test_packing_matches_the_original(golden_dir):
+    """pack() lays tokens out as the original's: its recorded step-0 cond is pack(cat(masks, masked_ref))."""
+    import os
+
+    from safetensors.torch import load_file
+
+    t = load_file(os.path.join(golden_dir, "v2.0", "sampler", "case_i2v_loop_3steps_flowshift.safetensors"))
+    cond = pack(torch.cat([t["masks"], t["masked_ref"]], dim=1))
+    assert torch.equal(cond, t["step0_cond"][: cond.shape[0]])
+    assert cond[:, :, 4:].abs().sum() > 0, "the reference frames must be in the tokens"
 
 
 def test_fp8_storage_through_the_loader(models, tmp_path):
