@@ -186,6 +186,38 @@ def set_progress_hook(fn):
     _progress_hook = fn
 
 
+_previews_forced = None  # tests: True / False overrides ComfyUI's --preview-method
+
+
+def previews_enabled() -> bool:
+    """Whether samplers should send latent previews: ComfyUI's --preview-method is not 'none'. Headless runs
+    have nobody to show them to."""
+    if _previews_forced is not None:
+        return _previews_forced
+    if not IN_COMFY:
+        return False
+    try:
+        from comfy.cli_args import args  # type: ignore
+
+        return str(getattr(args.preview_method, "value", args.preview_method)) != "none"
+    except Exception:  # noqa: BLE001 - an older / newer ComfyUI without the option: preview
+        return True
+
+
+def force_previews(enabled: bool | None):
+    global _previews_forced
+    _previews_forced = enabled
+
+
+def preview_size() -> int:
+    try:
+        from comfy.cli_args import args  # type: ignore
+
+        return int(getattr(args, "preview_size", 512))
+    except Exception:  # noqa: BLE001
+        return 512
+
+
 class Progress:
     """ComfyUI's ProgressBar inside ComfyUI; a tqdm bar (plus the harness hook) outside it.
     Every update also checks for cancellation, as ComfyUI's progress hook does."""
@@ -206,9 +238,11 @@ class Progress:
         self.update_absolute(self.value + n, preview=preview)
 
     def update_absolute(self, value: int, preview=None):
+        """preview: a PIL image (models/preview.py), shown on the node in ComfyUI."""
         delta, self.value = value - self.value, value
         if self._comfy is not None:
-            self._comfy.update_absolute(value, self.total, preview)
+            self._comfy.update_absolute(value, self.total, None if preview is None else ("JPEG", preview,
+                                                                                        preview_size()))
         else:
             if self._bar is not None:
                 self._bar.update(delta)

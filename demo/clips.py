@@ -79,8 +79,18 @@ def _offsets(motion: str, num_frames: int, loop: bool):
 
 
 def random_scene(rng: random.Random, colour, shape, motion, background, num_frames: int = 2 * CHUNK,
-                 loop: bool = False) -> Scene:
-    """A start position and size that keep the whole clip inside the frame."""
+                 loop: bool = False, placement: str = "anywhere") -> Scene:
+    """A start position and size that keep the whole clip inside the frame.
+
+    placement "anywhere": position and size uniform over everything that fits (the VAE's data: it must encode
+    any image a user gives). "centred": the path's midpoint within JITTER px of the frame centre and the size in
+    a narrower band (the diffusion model's data and the evaluation's scenes). A prompt fixes colour, shape and
+    motion, not where the object is, so a tiny text-to-video model spends its capacity on averaging positions;
+    a canonical layout (the object crosses the middle of the frame, as a "moving right" shot would be framed)
+    leaves it the composition. A clip shorter than 34 frames is placed as the start of a 34-frame one, so a
+    17-frame "moving right" begins where the training clips' first chunk does."""
+    if placement == "centred":
+        return _centred_scene(rng, colour, shape, motion, background, num_frames, loop)
     dx, dy, s = _offsets(motion, num_frames, loop)
     lo, hi = MIN_HALF / float(s.min()), MAX_HALF / float(s.max())
     half = rng.uniform(max(lo, 6.0), min(hi, 11.0)) if lo < hi else (lo + hi) / 2
@@ -89,6 +99,27 @@ def random_scene(rng: random.Random, colour, shape, motion, background, num_fram
     ys = (reach - float(dy.min()), SIZE - reach - float(dy.max()))
     x = rng.uniform(*xs) if xs[0] < xs[1] else SIZE / 2
     y = rng.uniform(*ys) if ys[0] < ys[1] else SIZE / 2
+    return Scene(colour, shape, motion, background, x, y, half, loop)
+
+
+JITTER = 4.0  # px: how far a centred path's midpoint may sit from the frame centre
+
+
+def _centred_scene(rng: random.Random, colour, shape, motion, background, num_frames: int, loop: bool) -> Scene:
+    dx, dy, s = _offsets(motion, num_frames if loop else max(num_frames, 2 * CHUNK), loop)
+    lo, hi = MIN_HALF / float(s.min()), MAX_HALF / float(s.max())
+    a, b = max(lo, 7.0), min(hi, 10.0)
+    if a >= b:  # growing / shrinking over 34 frames leaves a narrow band of their own
+        a, b = (lo, hi) if lo < hi else ((lo + hi) / 2,) * 2
+    half = rng.uniform(a, b)
+    reach = half * float(s.max()) + 1.0
+
+    def start(d):  # the path's midpoint near the centre, clamped so the whole path stays inside the frame
+        low, high = reach - float(d.min()), SIZE - reach - float(d.max())
+        mid = SIZE / 2 + rng.uniform(-JITTER, JITTER) - (float(d.min()) + float(d.max())) / 2
+        return min(max(mid, low), high) if low <= high else SIZE / 2
+
+    x, y = start(dx), start(dy)
     return Scene(colour, shape, motion, background, x, y, half, loop)
 
 
@@ -120,7 +151,7 @@ def render(scene: Scene, num_frames: int = 2 * CHUNK, supersample: int = 4) -> t
     return video * 2 - 1
 
 
-def dataset_scenes(seed: int, clips: int, loops: int):
+def dataset_scenes(seed: int, clips: int, loops: int, placement: str = "anywhere"):
     """The training set: `clips` 34-frame scenes and `loops` loop scenes, cycling through every training
     (colour, shape, motion) triple and background so all appear about equally often."""
     rng = random.Random(seed)
@@ -132,12 +163,13 @@ def dataset_scenes(seed: int, clips: int, loops: int):
             batch = combos[:]
             rng.shuffle(batch)
             order += batch
-        out += [random_scene(rng, *c, num_frames=(CHUNK + 1) if loop else 2 * CHUNK, loop=loop) for c in order[:n]]
+        out += [random_scene(rng, *c, num_frames=(CHUNK + 1) if loop else 2 * CHUNK, loop=loop, placement=placement)
+                for c in order[:n]]
     return out
 
 
-def eval_scenes(seed: int, triples, per_triple: int = 1, num_frames: int = 2 * CHUNK):
-    """Fixed evaluation scenes (positions and backgrounds from `seed`)."""
+def eval_scenes(seed: int, triples, per_triple: int = 1, num_frames: int = 2 * CHUNK, placement: str = "centred"):
+    """Fixed evaluation scenes (positions and backgrounds from `seed`), placed as the diffusion model's data."""
     rng = random.Random(seed)
-    return [random_scene(rng, *t, rng.choice(list(BACKGROUNDS)), num_frames=num_frames)
+    return [random_scene(rng, *t, rng.choice(list(BACKGROUNDS)), num_frames=num_frames, placement=placement)
             for t in triples for _ in range(per_triple)]

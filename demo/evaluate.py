@@ -1,6 +1,7 @@
 """Score the demo model with the detector: does the video do what the prompt says?
 
-Five suites, each a fixed list of scenes (positions and backgrounds drawn from a fixed seed):
+Five suites, each a fixed list of scenes (positions and backgrounds drawn from a fixed seed, placed as the
+diffusion model's training clips are: the path centred in the frame):
   seen      text-to-video on (colour, shape, motion) triples the model was trained on
   held_out  text-to-video on the held-out triples (clips.HELD_OUT): composition, not memory
   i2v       image-to-video: the first frame is a rendered image; the object must start where the image has

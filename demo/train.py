@@ -10,7 +10,10 @@ its last checkpoint in --work-dir (rerun the same command after an interruption)
   vae3d    the temporal VAE on 17-frame chunks and single frames of spatial latents, with the 2D decoder
            frozen: a latent loss plus a pixel loss through the decoder. Then shift/scale buffers are set to
            the latents' per-channel statistics, as the released VAE normalises its latents.
-  latents  every training clip encoded once (posterior means), every caption encoded once.
+  latents  every training clip encoded once (posterior means), every caption encoded once. The VAE trains on
+           shapes placed anywhere (it must encode any image); the DiT's clips are rendered again with the
+           path centred in the frame (clips.random_scene's "centred" placement), since a prompt does not say
+           where the object is and a tiny model should not spend itself averaging positions.
   dit      STDiT3 with Open-Sora's rectified-flow loss (uniform t, v = x0 - noise; see stage_dit for why not
            1.2's logit-normal + transform) and its mask-strategy training: per step one task, as Open-Sora's MaskGenerator
            picks one per sample: text-to-video, image-to-video (first latent conditioned), extension (the
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import os
@@ -60,11 +64,11 @@ PLAN = dict(
                pixel_frames=4, clips=500),
     dit=dict(config=dict(hidden_size=128, depth=4, num_heads=4, caption_channels=64, model_max_length=300,
                          patch_size=(1, 4, 4)),
-             steps=4500, batch=32, lr=1.5e-3, warmup=200, ema=0.998, drop_caption=0.1,
+             steps=6000, batch=32, lr=3e-3, warmup=200, decay=1000, ema=0.998, drop_caption=0.1,
              tasks={"t2v": 0.5, "i2v": 0.2, "extend": 0.15, "loop": 0.15}),
 )
 QUICK = dict(clips=48, loops=12, vae2d=dict(steps=20, batch=4), vae3d=dict(steps=10, batch=2),
-             dit=dict(steps=20, batch=4))
+             dit=dict(steps=20, batch=4, warmup=5, decay=5))
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,14 +88,23 @@ def _mix(seed: int, stage: str, step: int) -> int:
     return h
 
 
+def lr_factor(step: int, steps: int, warmup: int, decay: int | None) -> float:
+    """Linear warm-up, then cosine decay to 0.1 (decay=None), or constant with a linear decay to 0.1 over the
+    last `decay` steps (warmup-stable-decay: every step before the decay is the same whatever `steps` is, so a
+    longer plan can resume a shorter run from its last checkpoint before the decay)."""
+    ramp = min(1.0, (step + 1) / warmup)
+    if decay is None:
+        return ramp * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+    return ramp * (1.0 - 0.9 * min(1.0, max(0, step - (steps - decay)) / decay))
+
+
 def train_loop(stage: str, work: str, model: torch.nn.Module, loss_fn, steps: int, lr: float, seed: int,
-               warmup: int = 50, ema_decay: float | None = None, ckpt_every: int = 100):
-    """AdamW with linear warm-up and cosine decay. loss_fn(step, generator) -> (loss, logs dict). Resumes from
+               warmup: int = 50, decay: int | None = None, ema_decay: float | None = None, ckpt_every: int = 100):
+    """AdamW with the schedule of lr_factor. loss_fn(step, generator) -> (loss, logs dict). Resumes from
     <work>/<stage>.pt; returns the trained model (the EMA copy when ema_decay is set)."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup, decay))
     ema = copy.deepcopy(model).requires_grad_(False) if ema_decay else None
     os.makedirs(work, exist_ok=True)
     path, log_path = os.path.join(work, f"{stage}.pt"), os.path.join(work, f"{stage}_loss.jsonl")
@@ -135,6 +148,9 @@ def train_loop(stage: str, work: str, model: torch.nn.Module, loss_fn, steps: in
             bar.set_postfix(loss=f"{float(loss):.4f}")
             if (step + 1) % ckpt_every == 0 or step + 1 == steps:
                 save(step + 1)
+            if decay and step + 1 == steps - decay:  # kept: a longer plan resumes from here (copy it to <stage>.pt)
+                save(step + 1)
+                shutil.copyfile(path, os.path.join(work, f"{stage}_stable_{step + 1}.pt"))
     model.eval()
     return (ema if ema is not None else model).eval()
 
@@ -142,13 +158,13 @@ def train_loop(stage: str, work: str, model: torch.nn.Module, loss_fn, steps: in
 # --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
-def render_dataset(plan: dict, seed: int):
+def render_dataset(plan: dict, seed: int, placement: str):
     """uint8 videos: clips [N, 3, 34, 64, 64] and loops [M, 3, 18, 64, 64], with their scenes."""
-    scenes = clips.dataset_scenes(seed, plan["clips"], plan["loops"])
+    scenes = clips.dataset_scenes(seed, plan["clips"], plan["loops"], placement)
     long_ = [s for s in scenes if not s.loop]
     loops = [s for s in scenes if s.loop]
     to8 = lambda v: ((v + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # noqa: E731
-    videos = torch.stack([to8(clips.render(s, 2 * clips.CHUNK)) for s in tqdm(long_, desc="render clips")])
+    videos = torch.stack([to8(clips.render(s, 2 * clips.CHUNK)) for s in tqdm(long_, desc=f"render {placement}")])
     loop_videos = torch.stack([to8(clips.render(s, clips.CHUNK + 1)) for s in tqdm(loops, desc="render loops")])
     return long_, videos, loops, loop_videos
 
@@ -343,8 +359,8 @@ def stage_dit(work, plan, seed, clip_z, clip_captions, loop_z, loop_captions, te
         b = cfg["batch"]
         idx = torch.randint(len(pool_z), (b,), generator=g).tolist()
         x0 = pool_z[idx]
-        if task in ("t2v", "i2v"):  # the first or second 17-frame chunk of a clip
-            half = torch.randint(2, (b,), generator=g) * 5
+        if task in ("t2v", "i2v"):  # a 17-frame chunk: t2v the first (where a prompt's video starts), i2v either
+            half = torch.randint(2, (b,), generator=g) * 5 * (task == "i2v")
             x0 = torch.stack([x0[i, :, h:h + 5] for i, h in enumerate(half.tolist())])
         variants = [caption_variants(pool_c[i]) for i in idx]
         pick = torch.randint(len(variants[0]), (b,), generator=g).tolist()
@@ -374,7 +390,7 @@ def stage_dit(work, plan, seed, clip_z, clip_captions, loop_z, loop_captions, te
         return loss, {"task": task}
 
     return train_loop("dit", work, model, loss_fn, cfg["steps"], cfg["lr"], seed, warmup=cfg["warmup"],
-                      ema_decay=cfg["ema"], ckpt_every=50)
+                      decay=cfg["decay"], ema_decay=cfg["ema"], ckpt_every=50)
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,14 +438,17 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     stage_out = os.path.join(args.work_dir, "export")
     t5_path = timed("text", stage_text, stage_out, plan, args.seed)
-    long_, videos, loops, loop_videos = timed("render", render_dataset, plan, args.seed)
+    _, videos, _, _ = timed("render", render_dataset, plan, args.seed, "anywhere")  # the VAE's data
     vae2d = timed("vae2d", stage_vae2d, args.work_dir, plan, args.seed, videos)
     subset = videos[: plan["vae3d"]["clips"]]  # the temporal VAE trains on part of the set
     zs = timed("spatial_latents", spatial_latents, vae2d, subset)
     vae = timed("vae3d", stage_vae3d, args.work_dir, plan, args.seed, vae2d, subset, zs)
     set_normalisation(vae, zs)
-    del zs
-    cache = os.path.join(args.work_dir, "latents.pt")  # the VAE stages are done: their latents are final
+    del zs, subset, videos
+    long_, videos, loops, loop_videos = timed("render_dit", render_dataset, plan, args.seed, "centred")
+    # the VAE is final here: its latents are cached under a key of the scenes they encode
+    key = hashlib.sha1(repr(long_ + loops).encode()).hexdigest()[:12]
+    cache = os.path.join(args.work_dir, f"latents_{key}.pt")
     if os.path.exists(cache):
         clip_z, loop_z = torch.load(cache, weights_only=True)
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .. import comfy_adapter
+from . import preview
 
 NUM_TIMESTEPS = 1000
 
@@ -44,15 +45,16 @@ def _coefficients(betas: torch.Tensor) -> dict:
             "coef1": betas * abar_prev.sqrt() / (1 - abar), "coef2": (1 - abar_prev) * alphas.sqrt() / (1 - abar)}
 
 
-def p_sample(out: torch.Tensor, x: torch.Tensor, i: int, c: dict, noise: torch.Tensor) -> torch.Tensor:
-    """One reverse step from the model output [eps | v] at respaced index i (coefficients taken as float32)."""
+def p_sample(out: torch.Tensor, x: torch.Tensor, i: int, c: dict, noise: torch.Tensor):
+    """One reverse step from the model output [eps | v] at respaced index i (coefficients taken as float32).
+    Returns (x at step i - 1, the clean estimate x0)."""
     k = {name: c[name][i].float().item() for name in c}
     eps, v = out.chunk(2, dim=1)
     frac = (v + 1) / 2
     log_var = frac * k["log_beta"] + (1 - frac) * k["log_var_clipped"]
     x0 = k["recip"] * x - k["recipm1"] * eps
     mean = k["coef1"] * x0 + k["coef2"] * x
-    return mean + (float(i != 0)) * torch.exp(0.5 * log_var) * noise
+    return mean + (float(i != 0)) * torch.exp(0.5 * log_var) * noise, x0
 
 
 def sample(model, z: torch.Tensor, y: torch.Tensor, y_null: torch.Tensor, steps: int, cfg_scale: float,
@@ -88,10 +90,10 @@ def sample(model, z: torch.Tensor, y: torch.Tensor, y_null: torch.Tensor, steps:
         cond, uncond = eps.chunk(2)
         guided = uncond + cfg_scale * (cond - uncond)
         out = torch.cat([torch.cat([guided, guided]), rest], dim=1)
-        x = p_sample(out, x, i, c, noise_fn(x.shape).to(x))
+        x, x0_pred = p_sample(out, x, i, c, noise_fn(x.shape).to(x))
         if mask_t is not None:
             x = torch.where(frames(mask_t < i), x0, x)
         if callback is not None:
             callback(i, t, x)
-        bar.update()
+        bar.update(preview=preview.image(x0_pred))
     return x[:n]

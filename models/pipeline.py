@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import comfy_adapter
-from . import (checkpoint, devices, fp8, iddpm, mask_strategy, noise as noise_mod, offload, rflow, rflow_v2,
-               sd_vae)
+from . import (checkpoint, devices, fp8, iddpm, mask_strategy, noise as noise_mod, offload, preview, rflow,
+               rflow_v2, sd_vae)
 from .cogvideox import (loading as cogvideox_loading, run as cogvideox_run, sat as cogvideox_sat,
                         vae as cogvideox_vae)
 from .opensora import buckets, dc_ae, hunyuan_vae, mmdit, stdit, stdit2, stdit3, vae_v1_2
@@ -84,6 +84,7 @@ class VideoVAE:
     dtype: torch.dtype
     device: torch.device
     offload_device: torch.device
+    preview_fit: tuple | None = field(default=None, repr=False)  # latent -> RGB, fitted on first use
 
     @property
     def spatial_ratio(self) -> int:
@@ -465,6 +466,13 @@ def sample(model: DiffusionModel, positive: dict, latent: dict, seed: int, steps
            scheduler: str, denoise: float, fps: int, negative: dict | None = None, dynamic_cfg: bool = False,
            guidance_img: float = 3.0, guidance_oscillation: bool = True, temporal_image_guidance: bool = True,
            flow_shift: float = 0.0) -> dict:
+    with preview.active(_latent_info(latent).get("preview")):  # the latent carries its VAE's preview fit
+        return _sample(model, positive, latent, seed, steps, cfg, scheduler, denoise, fps, negative, dynamic_cfg,
+                       guidance_img, guidance_oscillation, temporal_image_guidance, flow_shift)
+
+
+def _sample(model, positive, latent, seed, steps, cfg, scheduler, denoise, fps, negative, dynamic_cfg, guidance_img,
+            guidance_oscillation, temporal_image_guidance, flow_shift) -> dict:
     info = _latent_info(latent)
     _check_family(model, positive, info)
     if scheduler not in FAMILY_SCHEDULERS[model.family]:
@@ -742,10 +750,15 @@ def encode(vae: VideoVAE, video: torch.Tensor, input_name: str = "images") -> di
         problem = vae.check_num_frames(t)
         if problem:
             raise InputError(input_name, problem[0], problem[1] + " (OpenSora Load Video's frame_cap trims frames)")
+    return {"samples": _encode_latents(vae, video), "opensora": _new_info(vae, t, h, w)}
+
+
+def _encode_latents(vae: VideoVAE, video: torch.Tensor) -> torch.Tensor:
+    """[B, 3, T, H, W] in -1..1 -> float32 latents on the CPU (posterior means: deterministic)."""
     net = vae.net.to(vae.device)
     try:
         if vae.family == "cogvideox":
-            z = net.encode_moments(video.to(vae.device, vae.dtype))[0]  # posterior mean: deterministic
+            z = net.encode_moments(video.to(vae.device, vae.dtype))[0]
         elif vae.family == "dc-ae":  # deterministic: no posterior
             z = net.encode(video.to(vae.device, vae.dtype))
         else:
@@ -753,12 +766,31 @@ def encode(vae: VideoVAE, video: torch.Tensor, input_name: str = "images") -> di
     finally:
         if vae.offload_device != vae.device:
             net.to(vae.offload_device)
-    return {"samples": z.float().cpu(), "opensora": _new_info(vae, t, h, w)}
+    return z.float().cpu()
+
+
+def latent_preview(vae: VideoVAE):
+    """(factors, bias) turning this VAE's latents into preview colours, or None when nobody shows previews.
+    Fitted on first use (models/preview.py) and kept with the VAE. A fit that fails costs the previews only."""
+    if not comfy_adapter.previews_enabled():
+        return None
+    if vae.preview_fit is None:
+        # video latents are what samplers make, so temporal VAEs see a still clip of one chunk (images in
+        # Open-Sora 1.2's VAE take another path); the SD VAE encodes frames one by one
+        frames = 1 if vae.family == "sd-vae" else next(n for n in (17, 9, 8, 1) if not vae.check_num_frames(n))
+        try:
+            with torch.no_grad():
+                vae.preview_fit = preview.fit(lambda v: _encode_latents(vae, v), vae.latent_channels, frames)
+        except Exception as e:  # noqa: BLE001 - previews are cosmetic; sampling must not fail for them
+            print(f"[OpenSora] latent previews are off for this VAE: fitting them failed ({e})")
+            vae.preview_fit = ()
+    return vae.preview_fit or None
 
 
 def _new_info(vae: VideoVAE, num_frames: int, height: int, width: int) -> dict:
     # align: reference starts snap to the temporal VAE's latent chunk, as Open-Sora 1.2's inference (align=5)
     return {"family": vae.family, "num_frames": num_frames, "height": height, "width": width,
-            "align": vae.align, "vae_scaling": getattr(vae.net, "scaling_factor", None), "conditions": []}
+            "align": vae.align, "vae_scaling": getattr(vae.net, "scaling_factor", None), "conditions": [],
+            "preview": latent_preview(vae)}
 
 

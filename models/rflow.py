@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .. import comfy_adapter
+from . import preview
 
 NUM_TIMESTEPS = 1000
 
@@ -84,5 +85,5 @@ def sample(model, z: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor, y_null
             z = torch.where(mask_t_upper[:, None, :, None, None], z, x0)
         if callback is not None:
             callback(i, z, x0_pred)
-        bar.update()
+        bar.update(preview=preview.image(x0_pred))
     return z

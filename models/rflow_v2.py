@@ -18,6 +18,7 @@ import math
 import torch
 
 from .. import comfy_adapter
+from . import preview
 from .opensora.mmdit import image_ids, pack, unpack
 
 COND_TYPES = ("t2v", "i2v_head", "i2v_tail", "i2v_loop", "v2v_head", "v2v_tail")
@@ -115,7 +116,7 @@ def sample(model, z: torch.Tensor, txt: torch.Tensor, y_vec: torch.Tensor, txt_n
         img = img + (t_prev - t_curr) * v
         if callback is not None:
             callback(i, unpack(img, T, H, W, p), unpack(x0_pred, T, H, W, p))
-        bar.update()
+        bar.update(preview=preview.image(lambda: unpack(x0_pred, T, H, W, p)))
     return unpack(img, T, H, W, p)
 
 

@@ -81,12 +81,13 @@ def test_training_reproduces_from_a_seed_and_resumes(tmp_path):
 # Per suite, the share of the first 12 scenes (benchmarks/demo_eval.py runs them all) that get each attribute
 # right, with floors below what the shipped weights measure (benchmarks/results/demo_eval.json) and well above
 # chance (colour 1/5, shape 1/3, motion 1/7). A regression in text conditioning, reference placement, extension
-# or loops fails here. The model does not meet issue #4's goals yet (it rarely gets all three attributes right
-# from text alone), so the floors are on attributes, and on the whole video where it does (i2v).
-SUITE_FLOORS = {"seen": {"colour": 0.4, "shape": 0.4}, "held_out": {"colour": 0.35},
-                "i2v": {"correct": 0.5, "starts_at_image": 0.9, "motion": 0.75},
-                "extend": {"colour": 0.65, "motion": 0.5, "seam": 0.3},
-                "loop": {"colour": 0.8, "shape": 0.75, "closes": 0.25}}
+# or loops fails here. Measured on these 12 (seen / held-out / i2v / extend / loop, whole video right): 1.00 /
+# 0.83 / 1.00 / 0.83 / 0.58.
+SUITE_FLOORS = {"seen": {"correct": 0.8, "colour": 0.9, "shape": 0.9, "motion": 0.9},
+                "held_out": {"correct": 0.65, "colour": 0.75, "motion": 0.75},
+                "i2v": {"correct": 0.8, "starts_at_image": 0.9, "motion": 0.8},
+                "extend": {"correct": 0.65, "colour": 0.9, "seam": 0.75},
+                "loop": {"colour": 0.9, "shape": 0.9, "closes": 0.4}}
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +142,9 @@ def test_demo_t2v_workflow(demo_models, tmp_path):
         assert video.shape == (17, 64, 64, 3)
         colours.append(detector.measure(video).colour)
     assert colours.count("red") >= 2, colours
-    video = _run_workflow("demo_t2v.json", tmp_path / "blue", ["prompt=a blue square moving down on a white "
-                                                               "background", "seed=0"])
-    assert detector.measure(video).colour == "blue"
+    colours = [detector.measure(_run_workflow("demo_t2v.json", tmp_path / f"green{seed}", [
+        "prompt=a green square moving down on a white background", f"seed={seed}"])).colour for seed in range(3)]
+    assert colours.count("green") >= 2, colours
 
 
 def test_demo_i2v_extend_loop_workflows(demo_models, tmp_path):

@@ -12,6 +12,7 @@ import math
 import torch
 
 from ... import comfy_adapter
+from .. import preview
 from .vae import posterior_sample
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -210,5 +211,5 @@ def sample(model, latents, pos, neg, steps: int, guidance: float, use_dynamic_cf
         latents = latents.to(dtype)
         if callback is not None:
             callback(start_step + i, t, latents, x0, g)
-        bar.update()
+        bar.update(preview=preview.image(lambda: x0.transpose(1, 2)))  # [B, F, C, h, w] -> [B, C, F, h, w]
     return latents
