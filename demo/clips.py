@@ -168,8 +168,11 @@ def dataset_scenes(seed: int, clips: int, loops: int, placement: str = "anywhere
     return out
 
 
-def eval_scenes(seed: int, triples, per_triple: int = 1, num_frames: int = 2 * CHUNK, placement: str = "centred"):
-    """Fixed evaluation scenes (positions and backgrounds from `seed`), placed as the diffusion model's data."""
+def eval_scenes(seed: int, triples, per_triple: int = 1, num_frames: int = 2 * CHUNK, placement: str = "centred",
+                loop: bool = False):
+    """Fixed evaluation scenes (positions and backgrounds from `seed`), placed as the diffusion model's data
+    (loop=True: as its loop clips, whose out-and-back path is centred)."""
     rng = random.Random(seed)
-    return [random_scene(rng, *t, rng.choice(list(BACKGROUNDS)), num_frames=num_frames, placement=placement)
+    return [random_scene(rng, *t, rng.choice(list(BACKGROUNDS)), num_frames=num_frames, loop=loop,
+                         placement=placement)
             for t in triples for _ in range(per_triple)]

@@ -56,7 +56,7 @@ def suite_scenes(suite: str, n: int | None = None, seed: int = 1234):
     else:  # conditioning suites mix seen and held-out triples
         triples = [seen[i] for i in torch.randperm(len(seen), generator=rng)[:20].tolist()] + list(clips.HELD_OUT)[:10]
     frames = {"extend": 2 * clips.CHUNK, "loop": clips.CHUNK + 1}.get(suite, clips.CHUNK)
-    scenes = clips.eval_scenes(seed + SUITES.index(suite), triples, num_frames=frames)
+    scenes = clips.eval_scenes(seed + SUITES.index(suite), triples, num_frames=frames, loop=suite == "loop")
     return scenes[:n] if n else scenes
 
 
