@@ -568,17 +568,15 @@ def _sample_iddpm(model, positive, latent, info, seed, steps, cfg, denoise, fps)
 def _v2_conditions(z: torch.Tensor, conditions: list):
     """masks / masked_ref (Open-Sora 2.0's i2v condition) from the reference conditions placed on the latent,
     and whether they are image conditions (single frames: i2v head / tail / loop) rather than video ones."""
-    B, C, T, H, W = z.shape
-    masks, masked_ref = torch.zeros(B, 1, T, H, W), torch.zeros(B, C, T, H, W)
+    T = z.shape[2]
+    placements = []
     for entry, ref in conditions:
         if entry.edit_ratio:
             raise InputError("latent", "Open-Sora 2.0 keeps reference frames fixed (it has no edit ratio)",
                              "set edit_ratio to 0 in the reference condition")
-        ts = entry.target_start % T
         rs = entry.ref_start % ref.shape[1]
-        n = min(entry.length, T - ts, ref.shape[1] - rs)
-        masks[:, :, ts:ts + n] = 1
-        masked_ref[:, :, ts:ts + n] = ref[:, rs:rs + n]
+        placements.append((None, entry.target_start % T, ref[:, rs:rs + entry.length]))
+    masks, masked_ref = rflow_v2.reference_mask(z.shape, placements)
     single = bool(conditions) and all(entry.length == 1 for entry, _ in conditions)
     return masks, masked_ref, single
 

@@ -46,27 +46,41 @@ def oscillation(scale: float, step: int) -> float:
     return scale if step < OSCILLATION_FROM or step % 2 == 0 else 1.0
 
 
+def reference_mask(shape, placements) -> tuple[torch.Tensor, torch.Tensor]:
+    """masks [B, 1, T, H, W] (1 = given) and masked_ref [B, C, T, H, W], the model's cond_in, from placements
+    (item, start, frames [C, n, H, W]): the frames go to latent frames start.. of batch item `item` (None: every
+    item). Frames past the end are dropped."""
+    B, C, T, H, W = shape
+    masks, masked = torch.zeros(B, 1, T, H, W), torch.zeros(B, C, T, H, W)
+    for item, start, frames in placements:
+        items = slice(None) if item is None else item
+        n = min(frames.shape[1], T - start)
+        masks[items, :, start:start + n] = 1
+        masked[items, :, start:start + n] = frames[:, :n]
+    return masks, masked
+
+
 def condition(z: torch.Tensor, cond_type: str, refs: list | None, causal: bool = True):
-    """masks [B, 1, T, H, W] (1 = given) and masked_ref [B, C, T, H, W] for a cond type. refs: per batch item
-    None or a list of reference latents [C, T', H, W]: the first frame of the first one for the head, the last
-    frame of the last one for the tail; v2v takes the first / last 8 + causal latent frames of the first one."""
+    """reference_mask for one of the original's cond types. refs: per batch item None or a list of reference
+    latents [C, T', H, W]: the first frame of the first one for the head, the last frame of the last one for the
+    tail; v2v takes the first / last 8 + causal latent frames of the first one."""
     if cond_type not in COND_TYPES:
         raise ValueError(f"cond_type '{cond_type}' is not one of {COND_TYPES}")
-    B, C, T, H, W = z.shape
-    masks, masked = torch.zeros(B, 1, T, H, W), torch.zeros(B, C, T, H, W)
-    for i in range(B):
-        ref = refs[i] if refs is not None else None
+    T = z.shape[2]
+    k = 8 + int(causal)
+    placements = []
+    for i, ref in enumerate(refs or []):
         if ref is None or T == 1 or cond_type == "t2v":
             continue
-        k = 8 + int(causal)
         if cond_type in ("i2v_head", "i2v_loop"):
-            masks[i, :, 0], masked[i, :, 0] = 1, ref[0][:, 0]
+            placements.append((i, 0, ref[0][:, :1]))
         if cond_type in ("i2v_tail", "i2v_loop"):
-            masks[i, :, -1], masked[i, :, -1] = 1, ref[-1][:, -1]
+            placements.append((i, T - 1, ref[-1][:, -1:]))
         if cond_type == "v2v_head":
-            masks[i, :, :k], masked[i, :, :k] = 1, ref[0][:, :k]
+            placements.append((i, 0, ref[0][:, :k]))
         if cond_type == "v2v_tail":
-            masks[i, :, -k:], masked[i, :, -k:] = 1, ref[0][:, -k:]
+            placements.append((i, max(T - k, 0), ref[0][:, -min(k, T):]))
+    masks, masked = reference_mask(z.shape, placements)
     return masks.to(z), masked.to(z)
 
 
@@ -84,7 +98,7 @@ def sample(model, z: torch.Tensor, txt: torch.Tensor, y_vec: torch.Tensor, txt_n
     """Denoise z [B, C, T, H, W] (noise in the model's dtype) from timesteps[0] to timesteps[-1].
 
     txt [B, L, Ct] / y_vec [B, Cv]: T5 and CLIP features of the prompts; txt_neg [1 or B, L, Ct] / vec_neg: of
-    the negative prompt (""). masks / masked_ref from `condition` (None: text-to-video). scale_temporal_osci
+    the negative prompt (""). masks / masked_ref from `reference_mask` (None: text-to-video). scale_temporal_osci
     applies to image-conditioned sampling only (the caller decides, as the original does for i2v cond types).
     callback(i, z, x0_pred) after each step. Returns the latent before any reference frames are pasted back.
     """

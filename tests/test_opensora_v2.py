@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfyui_opensora.models import pipeline, tiny
+from comfyui_opensora.models import pipeline, rflow_v2, tiny
 from comfyui_opensora.models.opensora import buckets
 from comfyui_opensora.models.opensora.mmdit import MMDiT, image_ids, load_mmdit, pack
 from comfyui_opensora.models.text_encoders import CLIP_TOKENIZER_FILES, clip_pooled, find_tokenizer, load_clip
@@ -120,6 +120,27 @@ def test_loop_conditions_and_reproducibility(models):
     assert (other[0, :, 1] - out[0, :, 1]).abs().max() > 1e-3, "the seed must change the free frames"
     video = pipeline.decode(vae, {**latent, "samples": out})
     assert video.shape == (1, 3, 9, 64, 96)
+
+
+@pytest.mark.parametrize("cond_type,placed", [
+    ("i2v_head", [(0, 0)]), ("i2v_tail", [(-1, -1)]), ("i2v_loop", [(0, 0), (0, -1)]),
+    ("v2v_head", [(0, 0)]), ("v2v_tail", [(-9, -9)])])
+def test_reference_nodes_build_the_original_cond_types(models, cond_type, placed):
+    """What the reference nodes place (target_start, ref_start) gives the cond_in the original builds for its
+    cond_type: i2v head / tail / loop from one image, v2v head / tail from 9 latent frames of a video. placed:
+    (reference_start, target_start) per reference node."""
+    vae = models["vae"]
+    latent = pipeline.empty_latent(vae, "custom", "16:9", 96, 64, 45, 1)
+    frames = 1 if cond_type.startswith("i2v") else 33
+    video = torch.rand(1, 3, frames, 64, 96) * 2 - 1
+    length = 1 if frames == 1 else 9
+    for reference_start, target_start in placed:
+        latent = pipeline.add_reference(latent, vae, video, reference_start, target_start, length, 0.0)
+    z = latent["samples"]
+    masks, masked_ref, image_cond = pipeline._v2_conditions(z, latent["opensora"]["conditions"])
+    expected = rflow_v2.condition(z, cond_type, [[pipeline.encode_reference(vae, video, 64, 96)]])
+    assert torch.equal(masks, expected[0]) and torch.equal(masked_ref, expected[1])
+    assert image_cond == cond_type.startswith("i2v")
 
 
 def test_sampler_matches_rflow_v2_directly(models):
