@@ -11,32 +11,13 @@ Sizes default to a CPU-friendly model (512 wide, 4 layers) at 480x720 latents; -
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from opensora_v1_2 import _pack  # noqa: E402  (same import helper)
-
-
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, device, repeats):
-    with torch.inference_mode():
-        fn()
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        _sync(device)
-    return (time.perf_counter() - start) / repeats
+from common import environment, import_pack, memory_mark, peak_since, report, run_child, timed, write_result
 
 
 def bench_transformer(cfg, device, dtype, frames, h, w, repeats):
@@ -51,8 +32,8 @@ def bench_transformer(cfg, device, dtype, frames, h, w, repeats):
     text = torch.randn(2, 226, cfg["text_embed_dim"], device=device, dtype=dtype)
     t = torch.tensor([500, 500], device=device)
     rope = tuple(r.to(device) for r in rope_for_video(ours.config, h * 8, w * 8, frames))
-    a = _timed(lambda: ours(x, text, t, image_rotary_emb=rope), device, repeats)
-    b = _timed(lambda: ref(x, text, t, image_rotary_emb=rope, return_dict=False), device, repeats)
+    a = timed(lambda: ours(x, text, t, image_rotary_emb=rope), device, repeats)
+    b = timed(lambda: ref(x, text, t, image_rotary_emb=rope, return_dict=False), device, repeats)
     return {"tokens": frames * h * w // 4 + 226, "ours_s_per_step": a, "diffusers_s_per_step": b,
             "speed_ratio_diffusers_over_ours": b / a}
 
@@ -87,13 +68,11 @@ def bench_pipeline(device, steps):
                     use_dynamic_cfg=True, latents=z, generator=gen, prompt_embeds=cond["y"][:, 0],
                     negative_prompt_embeds=cond["null_y"][:, 0], output_type="pt").frames
 
-    a, b = _timed(ours, "cpu", 1), _timed(ref, "cpu", 1)
+    a, b = timed(ours, "cpu", 1), timed(ref, "cpu", 1)
     return {"steps": steps, "ours_s": a, "diffusers_s": b, "speed_ratio_diffusers_over_ours": b / a}
 
 
 def _vae_child(device, mode):
-    import resource
-
     import diffusers
     from comfyui_opensora.models.cogvideox.vae import CogVideoXVAE
 
@@ -113,23 +92,18 @@ def _vae_child(device, mode):
             run = lambda: f(z)  # noqa: E731
         else:
             run = lambda: torch.cat([c.cpu() for c in vae.decode_chunks(z)], dim=2)  # noqa: E731
-    base = torch.cuda.memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    mark = memory_mark(device)
     start = time.perf_counter()
     with torch.inference_mode():
         out = run()
-    _sync(device)
-    peak = (torch.cuda.max_memory_allocated() - base) if device == "cuda" else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    print(json.dumps({"mode": mode, "frames": int(out.shape[2]), "seconds": time.perf_counter() - start,
-                      "peak_bytes": peak}))
+    report({"mode": mode, "frames": int(out.shape[2]), "seconds": time.perf_counter() - start,
+            "peak_bytes": peak_since(device, mark)})
 
 
 def bench_vae(device):
     rows = {}
     for mode in ("ours_chunked", "ours_tiled", "diffusers_tiled"):
-        res = subprocess.run([sys.executable, __file__, "--vae-child", device, mode], capture_output=True,
-                             text=True, check=True)
-        rows[mode] = json.loads(res.stdout.strip().splitlines()[-1])
+        rows[mode] = run_child(__file__, "--vae-child", device, mode)
     rows["peak_ratio_diffusers_tiled_over_ours_tiled"] = rows["diffusers_tiled"]["peak_bytes"] / \
         rows["ours_tiled"]["peak_bytes"]
     return rows
@@ -137,7 +111,7 @@ def bench_vae(device):
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--vae-child":
-        _pack()
+        import_pack()
         _vae_child(sys.argv[2], sys.argv[3])
         return
     p = argparse.ArgumentParser()
@@ -146,18 +120,16 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out")
     args = p.parse_args()
-    _pack()
+    import_pack()
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     cfg = dict(num_attention_heads=48 if args.released else 8, attention_head_dim=64, in_channels=16,
                out_channels=16, time_embed_dim=512, text_embed_dim=4096 if args.released else 256,
                num_layers=42 if args.released else 4, use_rotary_positional_embeddings=True)
     frames, h, w = (13, 60, 90) if args.released else (5, 30, 45)
-    result = {"benchmark": "cogvideox", "device": args.device, "torch": torch.__version__,
+    result = {"benchmark": "cogvideox", **environment(args.device),
               "transformer": bench_transformer(cfg, args.device, dtype, frames, h, w, args.repeats),
               "pipeline_tiny_3_steps": bench_pipeline(args.device, 3), "vae_decode_360x240x49": bench_vae(args.device)}
-    out = args.out or os.path.join(HERE, "results", f"cogvideox_{args.device}.json")
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_result(result, f"cogvideox_{args.device}", args.out)
     print(json.dumps(result, indent=2))
 
 

@@ -7,23 +7,13 @@ detected colour / shape / motion. Goals (issue #4): seen >= 0.9, held-out >= 0.7
 """
 import argparse
 import json
-import os
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _pack():
-    sys.path.insert(0, os.path.dirname(HERE))  # the repository root, for _import_pack only
-    import _import_pack
-
-    sys.path.remove(os.path.dirname(HERE))
-    _import_pack.ensure()
+from common import RESULTS, import_pack, write_result
 
 
 def main():
-    _pack()
+    import_pack()
     from comfyui_opensora.demo import evaluate
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -32,16 +22,13 @@ def main():
     ap.add_argument("--steps", type=int, default=evaluate.STEPS)
     ap.add_argument("--cfg", type=float, default=evaluate.CFG)
     ap.add_argument("--models-dir", default=None, help="demo model files (default: the bundled demo_models/)")
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "demo_eval.json"))
+    ap.add_argument("--out", default=None, help=f"default: {RESULTS}/demo_eval.json")
     args = ap.parse_args()
     t = time.time()
     res = evaluate.evaluate(args.models_dir, args.suites, args.n, args.steps, args.cfg)
     res["seconds"] = round(time.time() - t, 1)
     res["summary"] = {k: round(v["accuracy"], 3) for k, v in res["suites"].items()}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(res, f, indent=1)
-    os.replace(args.out + ".tmp", args.out)
+    write_result(res, "demo_eval", args.out, indent=1)
     print(json.dumps(res["summary"]))
 
 

@@ -10,24 +10,12 @@ torch.cuda.max_memory_allocated. Results go to benchmarks/results/ as JSON.
 """
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-
-
-def _pack():
-    sys.path.insert(0, os.path.dirname(HERE))  # the repository root, for _import_pack only
-    import _import_pack
-
-    sys.path.remove(os.path.dirname(HERE))
-    _import_pack.ensure()
+from common import environment, import_pack, memory_mark, peak_since, report, run_child, timed, write_result
 
 
 def _stdit(config, device, dtype):
@@ -52,25 +40,14 @@ def bench_transformer(config, device, repeats):
     out = {}
     for backend in ("sdpa", "math"):
         layers.ATTENTION_BACKEND["name"] = backend
-        with torch.inference_mode():
-            model(x, **kw)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(repeats):
-                model(x, **kw)
-            if device == "cuda":
-                torch.cuda.synchronize()
-        out[backend] = (time.perf_counter() - start) / repeats
+        out[backend] = timed(lambda: model(x, **kw), device, repeats)
     layers.ATTENTION_BACKEND["name"] = "sdpa"
     return {"latent": list(x.shape), "seconds_per_step_sdpa": out["sdpa"], "seconds_per_step_reference": out["math"],
             "speed_ratio_reference_over_ours": out["math"] / out["sdpa"]}
 
 
 def _vae_child(config, device, latent_frames, mode):
-    """One decode in this (fresh) process; prints JSON with time and peak memory growth."""
-    import resource
-
+    """One decode in this (fresh) process; reports time and peak memory growth."""
     from comfyui_opensora.models.opensora import vae_v1_2
 
     torch.manual_seed(0)
@@ -84,40 +61,30 @@ def _vae_child(config, device, latent_frames, mode):
     z = torch.randn(1, 4, latent_frames, h, w, device=device)
     frames = vae.micro_frame_size * latent_frames // vae.micro_z_frame_size
     out_bytes = 3 * frames * h * 8 * w * 8 * 4
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    mark = memory_mark(device)
     start = time.perf_counter()
     with torch.inference_mode():
         if mode == "chunked":
             video = vae_v1_2.decode_tiled(vae, z, frames)
         else:  # the original's order: every temporal chunk first, then the 2D decoder over all frames
             video = vae.decode(z, frames).cpu()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    print(json.dumps({"latent_frames": latent_frames, "frames": int(video.shape[2]), "mode": mode,
-                      "seconds": time.perf_counter() - start, "peak_bytes": peak,
-                      "peak_minus_output_bytes": peak - (out_bytes if device == "cpu" else 0)}))
+    peak = peak_since(device, mark)
+    report({"latent_frames": latent_frames, "frames": int(video.shape[2]), "mode": mode,
+            "seconds": time.perf_counter() - start, "peak_bytes": peak,
+            "peak_minus_output_bytes": peak - (out_bytes if device == "cpu" else 0)})
 
 
 def bench_vae(config, device, lengths):
     rows = []
     for n in lengths:
         for mode in ("chunked", "reference"):
-            res = subprocess.run([sys.executable, __file__, "--vae-child", config, device, str(n), mode],
-                                 capture_output=True, text=True, check=True)
-            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+            rows.append(run_child(__file__, "--vae-child", config, device, n, mode))
     return rows
 
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--vae-child":
-        _pack()
+        import_pack()
         _vae_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
         return
     p = argparse.ArgumentParser()
@@ -127,16 +94,12 @@ def main():
     p.add_argument("--lengths", default="5,10,20,40")
     p.add_argument("--out")
     args = p.parse_args()
-    _pack()
+    import_pack()
     torch.manual_seed(0)
-    result = {"benchmark": "opensora_v1_2", "config": args.config, "device": args.device,
-              "torch": torch.__version__, "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
+    result = {"benchmark": "opensora_v1_2", "config": args.config, **environment(args.device),
               "transformer": bench_transformer(args.config, args.device, args.repeats),
               "vae_decode": bench_vae(args.config, args.device, [int(x) for x in args.lengths.split(",")])}
-    out = args.out or os.path.join(HERE, "results", f"opensora_v1_2_{args.config}_{args.device}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_result(result, f"opensora_v1_2_{args.config}_{args.device}", args.out)
     print(json.dumps(result, indent=2))
 
 

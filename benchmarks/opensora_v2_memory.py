@@ -24,16 +24,13 @@ Results go to benchmarks/results/opensora_v2_memory_<device>.json.
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+from common import environment, import_pack, report, run_child, write_result
 
 CONFIGS = {
     # small but not tiny: the released head dim (128) and RoPE split, the released T5 / CLIP widths
@@ -46,14 +43,6 @@ CONFIGS = {
                       latent=(1, 16, 9, 24, 42), text_tokens=512),
 }
 MODES = ("none", "sequential", "sequential_prefetch")
-
-
-def _pack():
-    sys.path.insert(0, os.path.dirname(HERE))  # the repository root, for _import_pack only
-    import _import_pack
-
-    sys.path.remove(os.path.dirname(HERE))
-    _import_pack.ensure()
 
 
 def _build(config, seed=0):
@@ -102,7 +91,7 @@ def _reset_peak_rss() -> bool:
 
 
 def _child(config, device, storage, mode, steps, ckpt):
-    """One run in this (fresh) process; prints JSON."""
+    """One run in this (fresh) process; reports its row."""
     import gc
 
     from safetensors.torch import load
@@ -167,10 +156,9 @@ def _child(config, device, storage, mode, steps, ckpt):
         else:
             peak = _rss()[1] - base
             extra = {"peak_includes_loading": not reset}
-    print(json.dumps({"storage": storage, "compute_dtype": str(compute).replace("torch.", ""), "offload": mode,
-                      "seconds_per_step": seconds, "peak_bytes": peak, "resident_bytes": resident,
-                      "parameter_bytes": fp8.parameter_bytes(net), "output_checksum": float(out.float().abs().mean()),
-                      **extra}))
+    report({"storage": storage, "compute_dtype": str(compute).replace("torch.", ""), "offload": mode,
+            "seconds_per_step": seconds, "peak_bytes": peak, "resident_bytes": resident,
+            "parameter_bytes": fp8.parameter_bytes(net), "output_checksum": float(out.float().abs().mean()), **extra})
 
 
 def bench(config, device, storages, steps, timeout):
@@ -179,11 +167,8 @@ def bench(config, device, storages, steps, timeout):
         ckpt = write_checkpoints(config, folder) if device == "cpu" else {}
         for storage in storages:
             for mode in MODES:
-                res = subprocess.run([sys.executable, __file__, "--child", config, device, storage, mode, str(steps),
-                                      json.dumps(ckpt)], capture_output=True, text=True, timeout=timeout)
-                if res.returncode != 0:
-                    raise RuntimeError(f"{storage} / {mode} failed:\n{res.stderr[-3000:]}")
-                rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+                rows.append(run_child(__file__, "--child", config, device, storage, mode, steps, json.dumps(ckpt),
+                                      timeout=timeout))
                 print(f"{storage:5s} {mode:20s} {rows[-1]['seconds_per_step']:.3f} s/step  "
                       f"peak {rows[-1]['peak_bytes'] / 2 ** 20:.1f} MiB", file=sys.stderr)
     ref = next(r for r in rows if r["storage"] == "fp32" and r["offload"] == "none")
@@ -197,7 +182,7 @@ def bench(config, device, storages, steps, timeout):
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _pack()
+        import_pack()
         config, device, storage, mode, steps, ckpt = sys.argv[2:8]
         _child(config, device, storage, mode, int(steps), json.loads(ckpt))
         return
@@ -208,23 +193,19 @@ def main():
     p.add_argument("--timeout", type=int, default=600, help="seconds per run")
     p.add_argument("--out")
     args = p.parse_args()
-    _pack()
+    import_pack()
     config = args.config or ("realistic" if args.device == "cuda" else "mid")
     storages = ("fp32", "bf16", "fp8") if args.device == "cuda" else ("fp32", "fp8")
     cfg = CONFIGS[config]
     result = {"benchmark": "opensora_v2_memory", "config": config, "model": cfg["model"],
               "latent": list(cfg["latent"]), "text_tokens": cfg["text_tokens"], "cfg_batch": 3 * cfg["latent"][0],
-              "steps_timed": args.steps, "device": args.device, "torch": torch.__version__,
-              "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
+              "steps_timed": args.steps, **environment(args.device),
               "note": ("CPU: offload modes run with the offload device named 'cpu:0' (the hooks run; sequential "
                        "memcpys each block once per pass, prefetch swaps tensors only): their rows measure hook "
                        "overhead, not a saving; fp8 storage is the CPU memory saving" if args.device == "cpu" else
                        "CUDA: offload device is the CPU; peak is torch.cuda.max_memory_allocated"),
               "runs": bench(config, args.device, storages, args.steps, args.timeout)}
-    out = args.out or os.path.join(HERE, "results", f"opensora_v2_memory_{args.device}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_result(result, f"opensora_v2_memory_{args.device}", args.out)
     print(json.dumps(result, indent=2))
 
 

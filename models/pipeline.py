@@ -11,6 +11,7 @@ The family is read off the checkpoint, never the file name.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -712,14 +713,12 @@ def decode(vae: VideoVAE, latent: dict, temporal_chunk: int = 0, temporal_overla
             if vae.offload_device != vae.device:
                 net.to(vae.offload_device)
     if vae.family in V2_VAES:
-        # The VAEs' own tiling, blended exactly as the original: spatial tiles always (the Hunyuan VAE engages
-        # them above 256 px, as 2.0's inference configs set it); time tiles when temporal_chunk is set.
-        saved = net.use_temporal_tiling
-        net.use_temporal_tiling = bool(temporal_chunk) if vae.family == "hunyuan-vae" else True
         try:
-            video = net.decode(latent["samples"].to(vae.device, vae.dtype))
+            z = latent["samples"].to(vae.device, vae.dtype)
+            with _v2_tiles(vae, temporal_chunk, spatial_tile), \
+                    _progress_per_call(net.decoder, net.calls(z.shape, decode=True), "decoding"):
+                video = net.decode(z)
         finally:
-            net.use_temporal_tiling = saved
             if vae.offload_device != vae.device:
                 net.to(vae.offload_device)
         return video[:, :, : info["num_frames"]].float().cpu()
@@ -751,20 +750,74 @@ def encode(vae: VideoVAE, video: torch.Tensor, input_name: str = "images") -> di
     return {"samples": _encode_latents(vae, video), "opensora": _new_info(vae, t, h, w)}
 
 
-def _encode_latents(vae: VideoVAE, video: torch.Tensor) -> torch.Tensor:
+def _encode_latents(vae: VideoVAE, video: torch.Tensor, progress: bool = True) -> torch.Tensor:
     """[B, 3, T, H, W] in -1..1 -> float32 latents on the CPU (posterior means: deterministic)."""
     net = vae.net.to(vae.device)
     try:
+        video = video.to(vae.device, vae.dtype)
         if vae.family == "cogvideox":
-            z = net.encode_moments(video.to(vae.device, vae.dtype))[0]
-        elif vae.family == "dc-ae":  # deterministic: no posterior
-            z = net.encode(video.to(vae.device, vae.dtype))
+            z = net.encode_moments(video)[0]
+        elif vae.family in V2_VAES:  # whole long videos: show the tiles going by
+            with _progress_per_call(net.encoder, net.calls(video.shape, decode=False) if progress else 0,
+                                    "encoding"):
+                z = net.encode(video) if vae.family == "dc-ae" else net.encode(video, sample_posterior=False)
         else:
-            z = net.encode(video.to(vae.device, vae.dtype), sample_posterior=False)
+            z = net.encode(video, sample_posterior=False)
     finally:
         if vae.offload_device != vae.device:
             net.to(vae.offload_device)
     return z.float().cpu()
+
+
+@contextlib.contextmanager
+def _v2_tiles(vae: VideoVAE, temporal_chunk: int, spatial_tile: int):
+    """Open-Sora 2.0's VAEs tile with their own code, blending a quarter of each window as the original does.
+    The node's inputs set the window sizes: spatial_tile px and temporal_chunk latent frames; 0 keeps the
+    released ones (256 px; in time the whole video for the HunyuanVideo VAE, 8 latents for the DC-AE)."""
+    net, r = vae.net, vae.spatial_ratio
+    if spatial_tile % r:
+        raise InputError("spatial_tile", f"{spatial_tile} px is not a multiple of this VAE's {r} px latent cells",
+                         f"use a multiple of {r}, or 0 for the released 256 px tiles")
+    if temporal_chunk == 1:
+        raise InputError("temporal_chunk", "Open-Sora 2.0's VAEs blend a quarter of each time window, so a window "
+                         "needs at least 2 latent frames", "use 0 (the VAE's default) or 2 and more")
+    if vae.family == "hunyuan-vae":
+        tiles = {"use_temporal_tiling": bool(temporal_chunk)}
+        if temporal_chunk:
+            tiles.update(tile_latent_min_tsize=temporal_chunk,
+                         tile_sample_min_tsize=temporal_chunk * net.time_compression_ratio)
+        if spatial_tile:
+            tiles.update(tile_sample_min_size=spatial_tile, tile_latent_min_size=spatial_tile // r)
+    else:
+        tiles = {"use_temporal_tiling": True}
+        if temporal_chunk:
+            tiles["temporal_tile_size"] = temporal_chunk * net.time_ratio
+        if spatial_tile:
+            tiles["spatial_tile_size"] = spatial_tile
+    saved = {k: getattr(net, k) for k in tiles}
+    for k, v in tiles.items():
+        setattr(net, k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(net, k, v)
+
+
+@contextlib.contextmanager
+def _progress_per_call(module: torch.nn.Module, total: int, desc: str):
+    """A progress bar (and cancellation check) that advances each time `module` runs; total 0: none. For VAEs
+    whose tiling loops live inside the model: the model stays free of progress plumbing."""
+    if not total:
+        yield
+        return
+    bar = comfy_adapter.Progress(total, desc=desc)
+    handle = module.register_forward_hook(lambda *_: bar.update())
+    try:
+        yield
+    finally:
+        handle.remove()
+        bar.close()
 
 
 def latent_preview(vae: VideoVAE):
@@ -778,7 +831,8 @@ def latent_preview(vae: VideoVAE):
         frames = 1 if vae.family == "sd-vae" else next(n for n in (17, 9, 8, 1) if not vae.check_num_frames(n))
         try:
             with torch.no_grad():
-                vae.preview_fit = preview.fit(lambda v: _encode_latents(vae, v), vae.latent_channels, frames)
+                encode = lambda v: _encode_latents(vae, v, progress=False)  # noqa: E731
+                vae.preview_fit = preview.fit(encode, vae.latent_channels, frames)
         except Exception as e:  # noqa: BLE001 - previews are cosmetic; sampling must not fail for them
             print(f"[OpenSora] latent previews are off for this VAE: fitting them failed ({e})")
             vae.preview_fit = ()

@@ -22,14 +22,18 @@ class OpenSoraVAEDecode:
             "latent": ("LATENT", {"tooltip": "From the sampler."}),
             "temporal_chunk": ("INT", {"default": 0, "min": 0, "max": 1024,
                                        "tooltip": "Latent frames decoded at a time; 0 = the VAE's native chunk "
-                                                  "(Open-Sora 1.2: 5 latents = 17 frames, exact)."}),
+                                                  "(Open-Sora 1.2: 5 latents = 17 frames, exact; 2.0: the "
+                                                  "whole video for the HunyuanVideo VAE, 8 latents for the "
+                                                  "DC-AE, blended over a quarter of the window)."}),
             "temporal_overlap": ("INT", {"default": 0, "min": 0, "max": 64,
                                          "tooltip": "Latent frames shared by neighbouring chunks and blended "
                                                     "(for VAEs whose chunks are not exact)."}),
             "spatial_tile": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 32,
-                                     "tooltip": "Tile size in pixels for spatial tiling; 0 = off."}),
+                                     "tooltip": "Tile size in pixels for spatial tiling; 0 = off (Open-Sora 2.0's "
+                                                "VAEs: 0 = their released 256 px tiles)."}),
             "spatial_overlap": ("INT", {"default": 64, "min": 0, "max": 1024, "step": 8,
-                                        "tooltip": "Pixels shared and blended between spatial tiles."}),
+                                        "tooltip": "Pixels shared and blended between spatial tiles (Open-Sora "
+                                                   "2.0's VAEs always blend a quarter of the tile)."}),
         }}
 
     def decode(self, vae, latent, temporal_chunk, temporal_overlap, spatial_tile, spatial_overlap):

@@ -268,3 +268,102 @@ def test_released_layouts_load():
     sd = _released("v2.0_video_dc_ae_f32t4c128_keys.txt")
     assert checkpoint.detect_family(sd) == "dc_ae"
     assert dc_ae.load_dc_ae(sd).spatial_ratio == 32
+
+
+def _count_calls(module, fn):
+    calls = []
+    handle = module.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.no_grad():
+            fn()
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+@pytest.mark.parametrize("flags,z_shape,x_shape", [
+    ({}, (1, 16, 3, 3, 3), (1, 3, 9, 24, 24)),
+    ({"use_slicing": True}, (2, 16, 3, 3, 3), (2, 3, 9, 24, 24)),
+    ({"use_spatial_tiling": True}, (1, 16, 2, 6, 9), (1, 3, 5, 48, 72)),
+    ({"use_temporal_tiling": True, "use_spatial_tiling": True, "use_slicing": True}, (2, 16, 5, 6, 9),
+     (2, 3, 17, 48, 72)),
+])
+def test_hunyuan_vae_counts_its_windows(flags, z_shape, x_shape):
+    """calls() (the length of the VAE progress bars) is how often encode / decode really run the encoder /
+    decoder, with every tiling flag: 32 px tiles, 8-frame windows."""
+    from comfyui_opensora.models.opensora.hunyuan_vae import HunyuanVAE
+
+    vae = HunyuanVAE(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4, sample_size=32,
+                     sample_tsize=8, **flags)
+    z, x = torch.randn(z_shape), torch.rand(x_shape) * 2 - 1
+    assert _count_calls(vae.decoder, lambda: vae.decode(z)) == vae.calls(z.shape, decode=True)
+    assert _count_calls(vae.encoder, lambda: vae.encode(x)) == vae.calls(x.shape, decode=False)
+    if len(flags) == 3:
+        assert vae.calls(z.shape, decode=True) == 2 * 5 * 6  # slices x time windows x spatial tiles
+
+
+@pytest.mark.parametrize("flags,z_shape,x_shape", [
+    ({}, (2, 32, 2, 2, 2), (2, 3, 8, 64, 64)),
+    ({"use_temporal_tiling": True, "use_spatial_tiling": True}, (1, 32, 4, 3, 2), (1, 3, 16, 64, 64)),
+])
+def test_dc_ae_counts_its_windows(flags, z_shape, x_shape):
+    from comfyui_opensora.models.opensora.dc_ae import VideoDCAE
+
+    widths = [8, 8, 16, 32, 32, 64]
+    on = {"use_spatial_tiling": False, "use_temporal_tiling": False, **flags}
+    vae = VideoDCAE(latent_channels=32, encoder_widths=widths, encoder_depths=[1] * 6, decoder_widths=widths,
+                    decoder_depths=[1] * 6, spatial_tile_size=64, temporal_tile_size=8, **on)
+    z, x = torch.randn(z_shape), torch.rand(x_shape) * 2 - 1
+    assert _count_calls(vae.decoder, lambda: vae.decode(z)) == vae.calls(z.shape, decode=True)
+    assert _count_calls(vae.encoder, lambda: vae.encode(x)) == vae.calls(x.shape, decode=False)
+
+
+def test_v2_vae_progress_and_cancel(models):
+    """The 2.0 VAE decode and encode advance a progress bar per window and stop when the user cancels."""
+    from comfyui_opensora import comfy_adapter
+
+    vae = models["vae"]
+    latent = pipeline.empty_latent(vae, "custom", "16:9", 96, 64, 17, 1)
+    seen = []
+    comfy_adapter.set_progress_hook(lambda node, value, total: seen.append((value, total)))
+    try:
+        # 5 latent frames in windows of 2 every 1, 8x12 latents in tiles of 4 every 3: 5 x (3 x 4) decoder runs
+        video = pipeline.decode(vae, latent, temporal_chunk=2, spatial_tile=32)
+        assert seen == [(i + 1, 60) for i in range(60)]
+        assert video.shape == (1, 3, 17, 64, 96)
+        seen.clear()
+        pipeline.encode(vae, video.clamp(-1, 1))
+        assert seen and seen[-1][0] == seen[-1][1]
+        comfy_adapter.request_cancel()
+        with pytest.raises(comfy_adapter.Interrupted):
+            pipeline.decode(vae, latent)
+    finally:
+        comfy_adapter.clear_cancel()
+        comfy_adapter.set_progress_hook(None)
+    with pytest.raises(pipeline.InputError, match="temporal_chunk"):
+        pipeline.decode(vae, latent, temporal_chunk=1)
+    with pytest.raises(pipeline.InputError, match="spatial_tile"):
+        pipeline.decode(vae, latent, spatial_tile=36)
+
+
+@pytest.mark.parametrize("case", ["decode_spatial_temporal_tiled_slicing_B2", "decode_spatial_tiled"])
+def test_decode_node_tiles_are_the_originals(golden_dir, case):
+    """The decode node's spatial_tile (px) and temporal_chunk (latent frames) are the original's tile sizes: set
+    to the golden case's (32 px, 4 latents), the pipeline decodes the golden weights to the original's output."""
+    import json
+    import os
+
+    from safetensors.torch import load_file
+
+    folder = os.path.join(golden_dir, "v2.0", "hunyuan_vae")
+    spec = json.load(open(os.path.join(folder, f"case_{case}.json")))
+    tiles = json.load(open(os.path.join(folder, "config.json")))["derived"]
+    t = load_file(os.path.join(folder, spec["tensor_file"]))
+    vae = pipeline.load_vae(os.path.join(folder, "weights.safetensors"), "fp32")
+    z = t["z"]
+    latent = {"samples": z, "opensora": pipeline._new_info(vae, 4 * (z.shape[2] - 1) + 1, 8 * z.shape[3],
+                                                            8 * z.shape[4])}
+    temporal = spec["call"]["flags"].get("use_temporal_tiling")
+    video = pipeline.decode(vae, latent, temporal_chunk=tiles["tile_latent_min_tsize"] if temporal else 0,
+                            spatial_tile=tiles["tile_sample_min_size"])
+    torch.testing.assert_close(video, t["x"], **spec["recommended_tolerance"])

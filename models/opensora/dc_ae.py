@@ -465,6 +465,17 @@ class VideoDCAE(nn.Module):
                              f"{window}. Fix: use a smaller overlap or a larger tile")
         return stride
 
+    def calls(self, shape, decode: bool) -> int:
+        """How many times encode / decode of a [B, C, T, H, W] input runs the encoder / decoder (one per sample,
+        tile and time window): the length of their progress bars."""
+        B, _, T, H, W = shape
+        tile = self.spatial_tile_latent_size if decode else self.spatial_tile_size
+        tsize = self.temporal_tile_latent_size if decode else self.temporal_tile_size
+        windows = lambda n, size: len(range(0, n, self._stride(size)))  # noqa: E731
+        spatial = windows(H, tile) * windows(W, tile) if self.use_spatial_tiling and max(H, W) > tile else 1
+        temporal = windows(T, tsize) if self.use_temporal_tiling and T > tsize else 1
+        return B * temporal * spatial
+
     def _param(self):
         return self.encoder.project_in.conv.weight
 
