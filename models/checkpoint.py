@@ -31,7 +31,8 @@ FAMILY_NAMES = {
     "cogvideox_sat": "a CogVideoX transformer (SAT)", "opensora_vae_v1_2": "the Open-Sora 1.2 VAE",
     "opensora_vae_v1_3": "the Open-Sora 1.3 VAE", "hunyuan_vae": "the HunyuanVideo VAE", "dc_ae": "a Video DC-AE",
     "cogvideox_vae": "the CogVideoX VAE (diffusers)", "cogvideox_vae_sat": "the CogVideoX VAE (SAT)",
-    "sd_vae": "an image (SD) VAE", "t5": "a T5 text encoder", "unknown": "no checkpoint family this pack knows",
+    "sd_vae": "an image (SD) VAE", "flux_ae": "the FLUX.1 image autoencoder", "t5": "a T5 text encoder",
+    "unknown": "no checkpoint family this pack knows",
 }
 
 
@@ -125,8 +126,9 @@ def detect_family(sd: dict) -> str:
     if prefix("encoder.down_blocks.") and prefix("decoder.up_blocks.") and prefix("encoder.conv_in.conv"):
         return "cogvideox_vae" if any(".conv_cache" in k or "norm_layer" in k or ".conv_y" in k for k in keys) \
             else "hunyuan_vae"
-    if prefix("encoder.") and prefix("decoder.") and has("encoder.conv_in.weight") and prefix("quant_conv"):
-        return "sd_vae"
+    if prefix("encoder.") and prefix("decoder.") and has("encoder.conv_in.weight"):
+        # the FLUX.1 autoencoder is the SD VAE without its quant convs
+        return "sd_vae" if prefix("quant_conv") else "flux_ae"
     if has("shared.weight") or has("encoder.embed_tokens.weight"):
         return "t5"
     return "unknown"

@@ -30,7 +30,8 @@ from .text_encoders import (T5_MAX_LENGTH, TextEncoderError, clean_caption, clip
 
 # Combo lists of the nodes: new entries go at the end (saved workflows store the values, not positions, but
 # the defaults are the first entries).
-TEXT_FAMILIES = ["opensora-v1.2", "cogvideox", "opensora-v1.0", "opensora-v1.1", "opensora-v2.0"]
+TEXT_FAMILIES = ["opensora-v1.2", "cogvideox", "opensora-v1.0", "opensora-v1.1", "opensora-v2.0",
+                 "opensora-v2.0-t2i"]
 SCHEDULERS = ["rflow", "dpm", "ddim", "iddpm", "rflow-v2"]
 FAMILY_SCHEDULERS = {"opensora-v1.2": ["rflow"], "cogvideox": cogvideox_run.SCHEDULERS,
                      "opensora-v1.0": ["iddpm"], "opensora-v1.1": ["iddpm"], "opensora-v2.0": ["rflow-v2"]}
@@ -44,11 +45,14 @@ ASPECT_RATIOS = ["16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "2:1", "1:2"
 MODEL_FAMILIES = {"stdit3": "opensora-v1.2", "cogvideox": "cogvideox", "cogvideox_sat": "cogvideox",
                   "stdit": "opensora-v1.0", "stdit2": "opensora-v1.1", "mmdit": "opensora-v2.0"}
 VAE_FAMILIES = {"opensora_vae_v1_2": "opensora-v1.2", "cogvideox_vae": "cogvideox", "cogvideox_vae_sat": "cogvideox",
-                "sd_vae": "sd-vae", "hunyuan_vae": "hunyuan-vae", "dc_ae": "dc-ae"}
-# The VAE family whose latents each model family denoises (Open-Sora 1.0 and 1.1 share the SD VAE).
-V2_VAES = ("hunyuan-vae", "dc-ae")  # Open-Sora 2.0's VAEs (256px / 768px presets)
+                "sd_vae": "sd-vae", "hunyuan_vae": "hunyuan-vae", "dc_ae": "dc-ae", "flux_ae": "flux-ae"}
+# The VAE family whose latents each model family denoises (Open-Sora 1.0 and 1.1 share the SD VAE; 2.0's
+# t2i2v makes its first frame with FLUX.1 and its autoencoder).
+V2_VAES = ("hunyuan-vae", "dc-ae")  # Open-Sora 2.0's video VAEs
+V2_PRESET_VAES = (*V2_VAES, "flux-ae")  # 256px / 768px presets
+IMAGE_VAES = ("sd-vae", "flux-ae")  # frame by frame
 MODEL_VAE = {"opensora-v1.2": ("opensora-v1.2",), "cogvideox": ("cogvideox",), "opensora-v1.0": ("sd-vae",),
-             "opensora-v1.1": ("sd-vae",), "opensora-v2.0": V2_VAES}
+             "opensora-v1.1": ("sd-vae",), "opensora-v2.0": V2_PRESET_VAES}
 
 
 # Storage-only precisions of the model loader: block weights in fp8, compute in the device's default precision.
@@ -95,7 +99,7 @@ class VideoVAE:
     def grid(self) -> int:
         """Pixels per latent token side: sizes must be multiples of it (2.0's MMDiT patches HunyuanVideo
         latents 2x2; the DC-AE's 32x latents are used unpatched)."""
-        return {"hunyuan-vae": 16, "dc-ae": 32}.get(self.family, self.spatial_ratio)
+        return {"hunyuan-vae": 16, "dc-ae": 32, "flux-ae": 16}.get(self.family, self.spatial_ratio)
 
     @property
     def latent_channels(self) -> int:
@@ -202,7 +206,8 @@ def load_vae(path: str, dtype_name: str = "auto") -> VideoVAE:
     sd, kind, path = _read(path, "vae")
     if kind not in VAE_FAMILIES:
         raise ModelLoadError(f"'{path}' is {_kind_hint(kind)}, not a video VAE this loader can take "
-                             f"(supported: Open-Sora VAE v1.2, the CogVideoX VAE, the SD VAE of Open-Sora 1.0/1.1)")
+                             f"(supported: Open-Sora VAE v1.2, the CogVideoX VAE, the SD VAE of Open-Sora 1.0/1.1, "
+                             f"Open-Sora 2.0's HunyuanVideo VAE and Video DC-AE, the FLUX.1 autoencoder)")
     device = devices.get_device()
     dtype = devices.resolve_dtype(dtype_name, device)
     try:
@@ -213,7 +218,7 @@ def load_vae(path: str, dtype_name: str = "auto") -> VideoVAE:
         elif kind == "cogvideox_vae":
             _, config = cogvideox_loading.read_vae(path)
             net = cogvideox_loading.build_vae(sd, config)
-        elif kind == "sd_vae":
+        elif kind in ("sd_vae", "flux_ae"):
             net = sd_vae.load_video_vae(sd)
         elif kind == "dc_ae":
             net = dc_ae.load_dc_ae(sd)
@@ -299,16 +304,17 @@ def encode_text(encoder, prompt: str, family: str, aesthetic_score=None, motion_
     if getattr(encoder, "kind", "t5") != "t5":
         raise InputError("text_encoder", "this is a CLIP encoder, not T5", "connect the T5 encoder here (and "
                          "CLIP, for Open-Sora 2.0, to the clip input)")
-    if family == "opensora-v2.0":
+    if family in ("opensora-v2.0", "opensora-v2.0-t2i"):
         if clip is None or getattr(clip, "kind", None) != "clip":
             raise InputError("clip", "Open-Sora 2.0 also needs CLIP-L's pooled text vector", "load clip_l.safetensors "
                              "with OpenSora Text Encoder Loader and connect it to the clip input")
-        # T5 at 512 tokens run without the attention mask, CLIP pooled; the unconditional pair is T5("") / CLIP("")
-        text = opensora_v2_prompt(prompt, motion_score)
+        # T5 at 512 tokens run without the attention mask, CLIP pooled; the unconditional pair is T5("") / CLIP("").
+        # t2i2v's Flux image takes the prompt as written: the FPS / motion suffix is for the video model.
+        text = prompt if family == "opensora-v2.0-t2i" else opensora_v2_prompt(prompt, motion_score)
         y, mask = t5_encode(encoder, [text, ""], max_length=T5_MAX_LENGTH["v2.0"], use_mask=False)
         vec = clip_pooled(clip, [text, ""])
-        cond = {"family": family, "y": y[:1], "mask": mask[:1], "vec": vec[:1], "null_y": y[1:], "null_vec": vec[1:],
-                "prompts": [text]}
+        cond = {"family": "opensora-v2.0", "y": y[:1], "mask": mask[:1], "vec": vec[:1], "null_y": y[1:],
+                "null_vec": vec[1:], "prompts": [text]}
         if offload:
             clip.to(devices.offload_device())
     elif family in ("opensora-v1.0", "opensora-v1.1"):
@@ -342,8 +348,8 @@ def bucket_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:
 def empty_latent(vae: VideoVAE, resolution: str, aspect_ratio: str, width: int, height: int, num_frames: int,
                  batch_size: int) -> dict:
     v2_preset = resolution in buckets.PIXELS_V2
-    if resolution != "custom" and v2_preset != (vae.family in V2_VAES):
-        presets = list(buckets.PIXELS_V2) if vae.family in V2_VAES else list(buckets.PIXELS)
+    if resolution != "custom" and v2_preset != (vae.family in V2_PRESET_VAES):
+        presets = list(buckets.PIXELS_V2) if vae.family in V2_PRESET_VAES else list(buckets.PIXELS)
         raise InputError("resolution", f"'{resolution}' is not a preset of this VAE's model family",
                          f"choose one of {presets} or custom")
     if v2_preset:
@@ -596,19 +602,22 @@ def _sample_v2(model, positive, negative, latent, info, seed, steps, cfg, denois
     if H % p or W % p:
         raise InputError("latent", f"the latent's {H}x{W} grid is not divisible by the {p}x{p} patches",
                          f"use a size that is a multiple of {p * 8} px")
-    if net.guidance_in is not None:
-        raise InputError("model", "this is the guidance-distilled Flux text-to-image model of Open-Sora's t2i2v "
-                         "mode", "load Open_Sora_v2.safetensors for video")
+    flux = net.guidance_in is not None
+    if flux and info.get("family") != "flux-ae":
+        raise InputError("latent", "this is FLUX.1, the text-to-image model of Open-Sora 2.0's t2i2v mode, and it "
+                         "makes images in the FLUX.1 autoencoder's latent space", "make a 1-frame latent with OpenSora "
+                         "Empty Latent from the FLUX.1 autoencoder (flux1-dev-ae.safetensors / ae.safetensors)")
+    if not flux and info.get("family") == "flux-ae":
+        raise InputError("latent", "a FLUX.1 autoencoder latent is the Flux model's image, not a video latent",
+                         "load flux1-dev.safetensors for the image; for t2i2v decode it and connect the image to "
+                         "OpenSora Reference Condition on a HunyuanVideo VAE latent")
     if positive["y"].shape[-1] != net.txt_in.in_features or positive["vec"].shape[-1] != net.vector_in.in_layer.in_features:
         raise InputError("positive", "the T5 / CLIP widths do not match this model's text inputs",
                          "encode with T5-XXL and CLIP-L")
+    if flux:
+        return _sample_flux(model, positive, latent, info, seed, steps, cfg, denoise, flow_shift)
     masks, masked_ref, image_cond = _v2_conditions(x0, info.get("conditions") or [])
-    gen = noise_mod.generator(seed)
-    noise = noise_mod.seeded_noise(seed, x0.shape, gen)
-    tokens = H * W // (p * p)
-    total = steps if denoise >= 1.0 else max(steps, int(round(steps / max(denoise, 1e-3))))
-    timesteps = rflow_v2.get_schedule(total, tokens, T, alpha=flow_shift or None)[-(steps + 1):]
-    z = (1 - timesteps[0]) * x0 + timesteps[0] * noise  # denoise < 1 starts part-way, from the input latent
+    z, timesteps = _v2_start(x0, seed, steps, denoise, flow_shift, p)
     txt, vec = positive["y"][:, 0].repeat(B, 1, 1), positive["vec"].repeat(B, 1)
     if negative is not None and negative.get("family") != model.family:
         raise InputError("negative", f"the negative prompt was encoded for '{negative.get('family')}'",
@@ -623,6 +632,34 @@ def _sample_v2(model, positive, negative, latent, info, seed, steps, cfg, denois
                               temporal_image_guidance and image_cond)
     if image_cond:
         out = rflow_v2.paste(out, masks.to(out.device), masked_ref.to(out.device))
+    comfy_adapter.soft_empty_cache()
+    return {**latent, "samples": out.float().cpu(), "opensora": {**info, "conditions": []}}
+
+
+def _v2_start(x0: torch.Tensor, seed: int, steps: int, denoise: float, flow_shift: float, p: int):
+    """Seeded noise and the shifted schedule; denoise < 1 starts part-way down a longer schedule, from x0."""
+    T, H, W = x0.shape[2:]
+    noise = noise_mod.seeded_noise(seed, x0.shape, noise_mod.generator(seed))
+    total = steps if denoise >= 1.0 else max(steps, int(round(steps / max(denoise, 1e-3))))
+    timesteps = rflow_v2.get_schedule(total, H * W // (p * p), T, alpha=flow_shift or None)[-(steps + 1):]
+    return (1 - timesteps[0]) * x0 + timesteps[0] * noise, timesteps
+
+
+def _sample_flux(model, positive, latent, info, seed, steps, guidance, denoise, flow_shift):
+    """t2i2v's first step: FLUX.1-dev makes the image (cfg is its distilled guidance, 4.0 in the original)."""
+    x0 = latent["samples"].float()
+    B, C, T, H, W = x0.shape
+    if T != 1:
+        raise InputError("latent", f"FLUX.1 makes single images and this latent has {T} frames",
+                         "set num_frames to 1 in OpenSora Empty Latent")
+    if info.get("conditions"):
+        raise InputError("latent", "the FLUX.1 text-to-image model takes no reference frames",
+                         "remove the reference nodes (the Flux image becomes the video model's reference)")
+    z, timesteps = _v2_start(x0, seed, steps, denoise, flow_shift, model.net.patch_size)
+    txt, vec = positive["y"][:, 0].repeat(B, 1, 1), positive["vec"].repeat(B, 1)
+    device, dtype = model.device, model.dtype
+    with offload.on_device(model.net, model.offload, device, model.offload_device) as net:
+        out = rflow_v2.sample_distilled(net, z.to(device, dtype), txt, vec, timesteps, guidance)
     comfy_adapter.soft_empty_cache()
     return {**latent, "samples": out.float().cpu(), "opensora": {**info, "conditions": []}}
 
@@ -697,7 +734,7 @@ def decode(vae: VideoVAE, latent: dict, temporal_chunk: int = 0, temporal_overla
         finally:
             if vae.offload_device != vae.device:
                 net.to(vae.offload_device)
-    if vae.family == "sd-vae":  # frames are independent images: decode in bounded slices of frames
+    if vae.family in IMAGE_VAES:  # frames are independent images: decode in bounded slices of frames
         try:
             z = latent["samples"].to(vae.device, vae.dtype)
             r = vae.spatial_ratio
@@ -828,7 +865,7 @@ def latent_preview(vae: VideoVAE):
     if vae.preview_fit is None:
         # video latents are what samplers make, so temporal VAEs see a still clip of one chunk (images in
         # Open-Sora 1.2's VAE take another path); the SD VAE encodes frames one by one
-        frames = 1 if vae.family == "sd-vae" else next(n for n in (17, 9, 8, 1) if not vae.check_num_frames(n))
+        frames = 1 if vae.family in IMAGE_VAES else next(n for n in (17, 9, 8, 1) if not vae.check_num_frames(n))
         try:
             with torch.no_grad():
                 encode = lambda v: _encode_latents(vae, v, progress=False)  # noqa: E731

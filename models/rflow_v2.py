@@ -1,4 +1,5 @@
-"""Open-Sora 2.0's flow sampler: a shifted Euler schedule and text + image guidance with oscillation.
+"""Open-Sora 2.0's flow sampler: a shifted Euler schedule and text + image guidance with oscillation (and the
+guidance-distilled FLUX.1 sampler of its t2i2v mode).
 
 Conventions (opposite to v1.2's rflow): t runs from 1 (noise) to 0 (data) and the model predicts
 v = noise - data, so the Euler step `x + (t_next - t) * v` has a negative step size.
@@ -127,6 +128,30 @@ def sample(model, z: torch.Tensor, txt: torch.Tensor, y_vec: torch.Tensor, txt_n
             g_img = image_scale_ramp(g_img, i, num_steps, T, tokens_per_frame).to(device, dtype)
         v = u_noimg + g_img * (u - u_noimg) + g_txt * (c - u)
         x0_pred = img - t_curr * v  # x_t = (1 - t) x0 + t noise and v = noise - x0
+        img = img + (t_prev - t_curr) * v
+        if callback is not None:
+            callback(i, unpack(img, T, H, W, p), unpack(x0_pred, T, H, W, p))
+        bar.update(preview=preview.image(lambda: unpack(x0_pred, T, H, W, p)))
+    return unpack(img, T, H, W, p)
+
+
+def sample_distilled(model, z: torch.Tensor, txt: torch.Tensor, y_vec: torch.Tensor, timesteps: list[float],
+                     guidance: float = 4.0, callback=None) -> torch.Tensor:
+    """FLUX.1-dev, the image model of Open-Sora 2.0's t2i2v mode: guidance-distilled, so one pass per step with
+    the guidance scale as a model input (4.0 in the original) and no negative prompt. z [B, C, 1, H, W]."""
+    B, C, T, H, W = z.shape
+    p = model.patch_size
+    dtype, device = z.dtype, z.device
+    img = pack(z, p)
+    img_ids = image_ids(B, T, H, W, p, device).to(dtype)
+    txt = txt.to(device, dtype)
+    txt_ids = torch.zeros(B, txt.shape[1], 3, device=device, dtype=dtype)
+    g = torch.full((B,), guidance, device=device, dtype=dtype)
+    bar = comfy_adapter.Progress(len(timesteps) - 1, desc="sampling")
+    for i, (t_curr, t_prev) in enumerate(zip(timesteps[:-1], timesteps[1:])):
+        t_vec = torch.full((B,), t_curr, dtype=dtype, device=device)
+        v = model(img, img_ids, txt, txt_ids, t_vec, y_vec.to(device, dtype), guidance=g)
+        x0_pred = img - t_curr * v
         img = img + (t_prev - t_curr) * v
         if callback is not None:
             callback(i, unpack(img, T, H, W, p), unpack(x0_pred, T, H, W, p))

@@ -6,6 +6,10 @@ the weights differ.
 Open-Sora wraps it as `VideoAutoencoderKL`: every frame is an image, frames go through in micro-batches, and
 latents are scaled by 0.18215 (`encode_frames` / `decode_frames` below). v1.0/v1.1 use it alone, v1.2 as the
 spatial stage in front of its temporal VAE.
+
+The FLUX.1 autoencoder (flux1-dev-ae.safetensors, ComfyUI's ae.safetensors), which Open-Sora 2.0's t2i2v mode
+decodes its Flux images with, is the same network without the quant convs, with 16 latent channels and latents
+scaled as 0.3611 * (z - 0.1159).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from .layers import attention
 # Quirk (golden README #2): Open-Sora's VideoAutoencoderKL hard-codes SD 1.x's factor, also in v1.2 whose
 # spatial VAE is SDXL's (whose own config says 0.13025). Reproduced, since the diffusion models were trained so.
 SD_SCALE = 0.18215
+FLUX_AE_SCALE, FLUX_AE_SHIFT = 0.3611, 0.1159
 
 
 class ResnetBlock2D(nn.Module):
@@ -148,13 +153,15 @@ class Decoder(nn.Module):
 
 class AutoencoderKL(nn.Module):
     def __init__(self, in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-                 layers_per_block=2, norm_num_groups=32):
+                 layers_per_block=2, norm_num_groups=32, use_quant_conv: bool = True):
         super().__init__()
         chans = list(block_out_channels)
         self.encoder = Encoder(in_channels, latent_channels, chans, layers_per_block, norm_num_groups)
         self.decoder = Decoder(out_channels, latent_channels, chans, layers_per_block, norm_num_groups)
-        self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1)
-        self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1)
+        quant = use_quant_conv  # FLUX.1's autoencoder has none
+        self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if quant else nn.Identity()
+        self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if quant else nn.Identity()
+        self.latent_channels = latent_channels
         self.spatial_ratio = 2 ** (len(chans) - 1)
 
     def encode_moments(self, x):
@@ -172,8 +179,9 @@ def sample_posterior(mean, logvar, noise=None):
     return mean if noise is None else mean + torch.exp(0.5 * logvar) * noise.to(mean)
 
 
-def encode_frames(vae: AutoencoderKL, x, micro_batch_size: int | None = 4, noise_fn=None):
-    """VideoAutoencoderKL.encode: x [B,3,T,H,W] -> latents [B,C,T,h,w] * 0.18215, frame by frame.
+def encode_frames(vae: AutoencoderKL, x, micro_batch_size: int | None = 4, noise_fn=None, scale: float = SD_SCALE,
+                  shift: float = 0.0):
+    """VideoAutoencoderKL.encode: x [B,3,T,H,W] -> latents [B,C,T,h,w], scale * (z - shift), frame by frame.
 
     Frames are flattened as (B T) and cut into micro-batches (None = all at once, v1.0's 256px config);
     noise_fn(shape) is called once per micro-batch in that order, as the original draws one randn per
@@ -184,18 +192,19 @@ def encode_frames(vae: AutoencoderKL, x, micro_batch_size: int | None = 4, noise
     out = []
     for i in range(0, frames.shape[0], step):
         mean, logvar = vae.encode_moments(frames[i:i + step])
-        out.append(sample_posterior(mean, logvar, noise_fn(mean.shape) if noise_fn else None) * SD_SCALE)
+        out.append((sample_posterior(mean, logvar, noise_fn(mean.shape) if noise_fn else None) - shift) * scale)
     return rearrange(torch.cat(out), "(b t) c h w -> b c t h w", b=b)
 
 
-def decode_frames(vae: AutoencoderKL, z, micro_batch_size: int | None = 4, tile: int = 0, overlap: int = 0):
-    """VideoAutoencoderKL.decode: latents [B,C,T,h,w] (x 0.18215) -> frames [B,3,T,H,W], micro-batch by
-    micro-batch. Frames are independent images, so the micro-batch size changes memory, not results.
+def decode_frames(vae: AutoencoderKL, z, micro_batch_size: int | None = 4, tile: int = 0, overlap: int = 0,
+                  scale: float = SD_SCALE, shift: float = 0.0):
+    """VideoAutoencoderKL.decode: latents [B,C,T,h,w] (scale * (z - shift)) -> frames [B,3,T,H,W], micro-batch
+    by micro-batch. Frames are independent images, so the micro-batch size changes memory, not results.
 
     tile/overlap (latent pixels; 0 = off) decode overlapping spatial tiles and blend them: approximate, since
     the untiled decoder's GroupNorm statistics, 3x3 convs and mid-block attention span the whole frame."""
     b = z.shape[0]
-    frames = rearrange(z, "b c t h w -> (b t) c h w") / SD_SCALE
+    frames = rearrange(z, "b c t h w -> (b t) c h w") / scale + shift
     decode = tiling.tiled_2d(vae.decode, tile, overlap, vae.spatial_ratio) if tile else vae.decode
     step = micro_batch_size or frames.shape[0]
     out = [decode(frames[i:i + step]) for i in range(0, frames.shape[0], step)]
@@ -203,7 +212,8 @@ def decode_frames(vae: AutoencoderKL, z, micro_batch_size: int | None = 4, tile:
 
 
 def config_from_state_dict(sd: dict, prefix: str = "") -> dict:
-    """AutoencoderKL arguments from tensor shapes (diffusers names under `prefix`)."""
+    """AutoencoderKL arguments from tensor shapes (diffusers names under `prefix`); use_quant_conv only when
+    there are none (FLUX.1)."""
     def indices(p, at):
         return {int(k[len(prefix):].split(".")[at]) for k in sd if k.startswith(prefix + p)}
 
@@ -211,9 +221,10 @@ def config_from_state_dict(sd: dict, prefix: str = "") -> dict:
              for i in range(len(indices("encoder.down_blocks.", 2)))]
     return dict(in_channels=sd[f"{prefix}encoder.conv_in.weight"].shape[1],
                 out_channels=sd[f"{prefix}decoder.conv_out.weight"].shape[0],
-                latent_channels=sd[f"{prefix}post_quant_conv.weight"].shape[0], block_out_channels=tuple(chans),
+                latent_channels=sd[f"{prefix}decoder.conv_in.weight"].shape[1], block_out_channels=tuple(chans),
                 layers_per_block=len(indices("encoder.down_blocks.0.resnets.", 4)),
-                norm_num_groups=norm_groups(chans[0]))
+                norm_num_groups=norm_groups(chans[0]),
+                **({} if f"{prefix}quant_conv.weight" in sd else {"use_quant_conv": False}))
 
 
 def norm_groups(first_channels: int) -> int:
@@ -227,14 +238,16 @@ def norm_groups(first_channels: int) -> int:
 # --------------------------------------------------------------------------------------------------------------
 class VideoAutoencoderKL(nn.Module):
     """Open-Sora 1.0/1.1's VideoAutoencoderKL (stabilityai/sd-vae-ft-ema): every frame through the SD VAE, latents
-    x 0.18215, no temporal compression (one latent frame per video frame)."""
+    x 0.18215, no temporal compression (one latent frame per video frame). With scale / shift FLUX_AE_* and
+    use_quant_conv False: the FLUX.1 autoencoder of Open-Sora 2.0's t2i2v, used the same way."""
 
-    def __init__(self, micro_batch_size: int | None = 4, **config):
+    def __init__(self, micro_batch_size: int | None = 4, scale: float = SD_SCALE, shift: float = 0.0, **config):
         super().__init__()
         self.module = AutoencoderKL(**config)
         self.micro_batch_size = micro_batch_size
+        self.scale, self.shift = scale, shift
         self.spatial_ratio = self.module.spatial_ratio
-        self.latent_channels = self.module.post_quant_conv.weight.shape[0]
+        self.latent_channels = self.module.latent_channels
 
     def latent_frames(self, num_frames: int) -> int:
         return num_frames
@@ -245,10 +258,10 @@ class VideoAutoencoderKL(nn.Module):
     def encode(self, x, sample_posterior: bool = False, noise_fn=None):
         if noise_fn is None and sample_posterior:
             noise_fn = torch.randn
-        return encode_frames(self.module, x, self.micro_batch_size, noise_fn)
+        return encode_frames(self.module, x, self.micro_batch_size, noise_fn, self.scale, self.shift)
 
     def decode(self, z, num_frames: int | None = None, tile: int = 0, overlap: int = 0):
-        return decode_frames(self.module, z, self.micro_batch_size, tile, overlap)
+        return decode_frames(self.module, z, self.micro_batch_size, tile, overlap, self.scale, self.shift)
 
 
 _OLD_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
@@ -301,8 +314,13 @@ def _from_ldm(sd: dict) -> dict:
 
 
 def load_video_vae(sd: dict, micro_batch_size: int | None = 4) -> VideoAutoencoderKL:
-    """Strict load of an SD VAE state dict in any layout normalize_keys reads."""
+    """Strict load of an SD VAE state dict in any layout normalize_keys reads; one without quant convs is the
+    FLUX.1 autoencoder, and gets its latent scale and shift."""
     sd = normalize_keys(sd)
     cfg = config_from_state_dict(sd)
-    return build_strict(lambda: VideoAutoencoderKL(micro_batch_size, **cfg), {f"module.{k}": v for k, v in sd.items()},
-                        "an SD image VAE (Open-Sora 1.0/1.1's stabilityai/sd-vae-ft-ema)")
+    flux = not cfg.get("use_quant_conv", True)
+    scaling = dict(scale=FLUX_AE_SCALE, shift=FLUX_AE_SHIFT) if flux else {}
+    what = "the FLUX.1 autoencoder (Open-Sora 2.0's t2i2v)" if flux else \
+        "an SD image VAE (Open-Sora 1.0/1.1's stabilityai/sd-vae-ft-ema)"
+    return build_strict(lambda: VideoAutoencoderKL(micro_batch_size, **scaling, **cfg),
+                        {f"module.{k}": v for k, v in sd.items()}, what)

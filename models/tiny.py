@@ -193,6 +193,82 @@ def write_tiny_dc_ae(path: str, seed: int = 0) -> str:
     return path
 
 
+def flux_layout(sd: dict) -> dict:
+    """Split-qkv MMDiT names -> FLUX.1's released fused ones (img_attn.qkv / txt_attn.qkv, single linear1)."""
+    out = {}
+    for k, v in sd.items():
+        parts = k.split(".")
+        if len(parts) == 5 and parts[0] == "double_blocks" and parts[3] in ("q_proj", "k_proj", "v_proj"):
+            if parts[3] == "q_proj":
+                base = ".".join(parts[:3])
+                out[f"{base}.qkv.{parts[4]}"] = torch.cat([sd[f"{base}.{n}_proj.{parts[4]}"] for n in "qkv"])
+        elif len(parts) == 4 and parts[0] == "single_blocks" and parts[2] in ("q_proj", "k_proj", "v_mlp"):
+            if parts[2] == "q_proj":
+                base = ".".join(parts[:2])
+                out[f"{base}.linear1.{parts[3]}"] = torch.cat([sd[f"{base}.{n}.{parts[3]}"]
+                                                               for n in ("q_proj", "k_proj", "v_mlp")])
+        else:
+            out[k] = v
+    return out
+
+
+def write_tiny_flux(path: str, seed: int = 0) -> str:
+    """A tiny FLUX.1-dev (Open-Sora 2.0's t2i2v image model: guidance-distilled, no cond_in, interleaved RoPE) in
+    the released fused layout, taking the same tiny T5 / CLIP features as write_tiny_mmdit."""
+    from .opensora.mmdit import MMDiT
+
+    torch.manual_seed(seed)
+    model = MMDiT(in_channels=64, vec_in_dim=64, context_in_dim=32, hidden_size=64, num_heads=2, depth=2,
+                  depth_single_blocks=2, axes_dim=(4, 14, 14), guidance_embed=True, cond_embed=False,
+                  rope_half_split=False)
+    _perturb(model)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in flux_layout(model.state_dict()).items()}, path)
+    return path
+
+
+def ldm_vae_layout(sd: dict, levels: int) -> dict:
+    """2D VAE weights in diffusers names -> the LDM / BFL single-file names (flux1-dev-ae.safetensors, ComfyUI's
+    VAE files); written independently of sd_vae's converter, which tests check against diffusers' own."""
+    out = {}
+    for k, v in sd.items():
+        p = k.split(".")
+        if p[1] in ("down_blocks", "up_blocks"):
+            level = int(p[2]) if p[1] == "down_blocks" else levels - 1 - int(p[2])
+            where = "down" if p[1] == "down_blocks" else "up"
+            if p[3] == "resnets":
+                name = {"conv_shortcut": "nin_shortcut"}.get(p[5], p[5])
+                k = f"{p[0]}.{where}.{level}.block.{p[4]}.{name}.{p[-1]}"
+            else:
+                k = f"{p[0]}.{where}.{level}.{'downsample' if where == 'down' else 'upsample'}.conv.{p[-1]}"
+        elif p[1] == "mid_block":
+            if p[2] == "resnets":
+                k = f"{p[0]}.mid.block_{int(p[3]) + 1}.{p[4]}.{p[-1]}"
+            else:
+                name = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out": "proj_out"}[p[4]]
+                k = f"{p[0]}.mid.attn_1.{name}.{p[-1]}"
+                if name != "norm" and v.ndim == 2:
+                    v = v[:, :, None, None]
+        elif p[1] == "conv_norm_out":
+            k = f"{p[0]}.norm_out.{p[-1]}"
+        out[k] = v
+    return out
+
+
+def write_tiny_flux_ae(path: str, seed: int = 0) -> str:
+    """A tiny FLUX.1 autoencoder (widths 8-16, 8x space, 16 latent channels, no quant convs) in the BFL layout of
+    flux1-dev-ae.safetensors."""
+    from .sd_vae import AutoencoderKL
+
+    torch.manual_seed(seed)
+    model = AutoencoderKL(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4,
+                          latent_channels=16, use_quant_conv=False)
+    _perturb(model)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in ldm_vae_layout(model.state_dict(), 4).items()}, path)
+    return path
+
+
 def _perturb(model):
     """Zero-initialised layers made non-zero, so every path of a random test model matters."""
     with torch.no_grad():
@@ -221,7 +297,9 @@ TINY_FILES_V2 = {"model_v2.0": "diffusion_models/opensora_v2_tiny.safetensors",
                  "model_v2.0_dc_ae": "diffusion_models/opensora_v2_dc_ae_tiny.safetensors",
                  "vae_hunyuan": "vae/hunyuan_vae_tiny.safetensors",
                  "vae_dc_ae": "vae/dc_ae_tiny.safetensors",
-                 "clip": "text_encoders/clip_l_tiny.safetensors"}
+                 "clip": "text_encoders/clip_l_tiny.safetensors",
+                 "model_flux": "diffusion_models/flux1_dev_tiny.safetensors",
+                 "vae_flux": "vae/flux_ae_tiny.safetensors"}
 
 
 def write_tiny_models(models_dir: str) -> dict:
@@ -238,6 +316,8 @@ def write_tiny_models(models_dir: str) -> dict:
     write_tiny_hunyuan_vae(paths["vae_hunyuan"])
     write_tiny_dc_ae(paths["vae_dc_ae"])
     write_tiny_clip(paths["clip"])
+    write_tiny_flux(paths["model_flux"])
+    write_tiny_flux_ae(paths["vae_flux"])
     return paths
 
 

@@ -15,10 +15,11 @@ def _load(node: str, input_name: str, fn, *args):
 
 
 class OpenSoraModelLoader:
-    DESCRIPTION = ("Loads a video diffusion transformer (Open-Sora 1.0 STDiT .pth, 1.1 STDiT2, 1.2 STDiT3; CogVideoX "
-                   "2B, 5B, 5B-I2V, 1.5 and 1.5-I2V as single files or diffusers folders; the bundled demo model). The family is detected from the "
-                   "checkpoint's tensors; a file of another kind is refused with a message that says which "
-                   "loader it belongs to.")
+    DESCRIPTION = ("Loads a video diffusion transformer (Open-Sora 1.0 STDiT .pth, 1.1 STDiT2, 1.2 STDiT3, 2.0 "
+                   "MMDiT and the FLUX.1-dev image model of its t2i2v mode; CogVideoX 2B, 5B, 5B-I2V, 1.5 and "
+                   "1.5-I2V as single files or diffusers folders; the bundled demo model). The family is detected "
+                   "from the checkpoint's tensors; a file of another kind is refused with a message that says "
+                   "which loader it belongs to.")
     CATEGORY = f"{CATEGORY}/loaders"
     RETURN_TYPES = ("OPENSORA_MODEL",)
     RETURN_NAMES = ("model",)
@@ -53,7 +54,8 @@ class OpenSoraModelLoader:
 
 class OpenSoraVAELoader:
     DESCRIPTION = ("Loads a video VAE (Open-Sora VAE v1.2, the CogVideoX VAE as a file or diffusers folder, the SD "
-                   "VAE of Open-Sora 1.0/1.1 in diffusers or single-file layout). The family is detected from the "
+                   "VAE of Open-Sora 1.0/1.1 in diffusers or single-file layout, Open-Sora 2.0's HunyuanVideo VAE "
+                   "and Video DC-AE, the FLUX.1 autoencoder of its t2i2v mode). The family is detected from the "
                    "checkpoint's tensors.")
     CATEGORY = f"{CATEGORY}/loaders"
     RETURN_TYPES = ("OPENSORA_VAE",)

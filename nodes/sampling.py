@@ -190,7 +190,9 @@ class OpenSoraSampler:
                    "frame 0. Open-Sora 1.0 / 1.1: IDDPM (scheduler iddpm, 100 steps as released) with guidance on 3 of "
                    "the 4 channels and, for 1.1, the reference conditions. Open-Sora 2.0: rflow-v2, the shifted "
                    "flow schedule with text guidance (cfg, 7.5 as released) and image guidance (guidance_img) for "
-                   "reference frames placed by Reference Condition (first frame, last frame, or both for a loop). "
+                   "reference frames placed by Reference Condition (first frame, last frame, or both for a loop); "
+                   "with the FLUX.1-dev model of its t2i2v mode and a 1-frame FLUX.1 autoencoder latent, rflow-v2 "
+                   "makes the first image (cfg is then Flux's distilled guidance, 4.0 in the original; no negative). "
                    "denoise < 1 edits the input latent (video-to-video).")
     CATEGORY = f"{CATEGORY}/sampling"
     RETURN_TYPES = ("LATENT",)
@@ -210,7 +212,8 @@ class OpenSoraSampler:
                                  "tooltip": "Noise seed; the same seed gives the same video on CPU and GPU."}),
                 "steps": ("INT", {"default": 30, "min": 1, "max": 1000, "tooltip": "Sampling steps."}),
                 "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
-                                  "tooltip": "Classifier-free guidance scale (1 = no guidance pass)."}),
+                                  "tooltip": "Classifier-free guidance scale (1 = no guidance pass); for "
+                                             "FLUX.1-dev, its distilled guidance (4.0)."}),
                 "scheduler": (pipeline.SCHEDULERS, {"default": pipeline.SCHEDULERS[0],
                                                     "tooltip": "Sampling method of the model family: rflow for "
                                                                "Open-Sora 1.2; dpm or ddim for CogVideoX; iddpm "

@@ -14,7 +14,8 @@ class OpenSoraTextEncode:
                    "1.0 / 1.1 clean it and pad to 120 / 200 tokens (no suffixes); CogVideoX takes the raw text at "
                    "226 tokens (and the empty prompt as its default negative); Open-Sora 2.0 appends '24 FPS. N "
                    "motion score.' (N = motion_score, 4 when 0), runs T5 at 512 tokens without a mask and adds "
-                   "CLIP-L's pooled vector from the clip input (the empty prompt is its default negative). The "
+                   "CLIP-L's pooled vector from the clip input (the empty prompt is its default negative); "
+                   "opensora-v2.0-t2i encodes the same way without the suffix, for the FLUX.1 image of t2i2v. The "
                    "embeddings are kept on the CPU so the encoder can leave the GPU before sampling.")
     CATEGORY = f"{CATEGORY}/conditioning"
     RETURN_TYPES = ("OPENSORA_COND",)

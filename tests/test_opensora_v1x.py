@@ -6,7 +6,8 @@ import torch
 
 from comfyui_opensora.models import pipeline, sd_vae
 from comfyui_opensora.models.opensora.stdit import STDiT
-from comfyui_opensora.models.tiny import write_tiny_sd_vae, write_tiny_stdit, write_tiny_stdit2, write_tiny_t5
+from comfyui_opensora.models.tiny import (ldm_vae_layout, write_tiny_sd_vae, write_tiny_stdit, write_tiny_stdit2,
+                                          write_tiny_t5)
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -22,33 +23,6 @@ def _diffusers_vae():
     return vae.eval()
 
 
-def _to_ldm(sd: dict, levels: int) -> dict:
-    """diffusers names -> the LDM single-file names (written here independently of sd_vae's converter)."""
-    out = {}
-    for k, v in sd.items():
-        p = k.split(".")
-        if p[1] in ("down_blocks", "up_blocks"):
-            level = int(p[2]) if p[1] == "down_blocks" else levels - 1 - int(p[2])
-            where = "down" if p[1] == "down_blocks" else "up"
-            if p[3] == "resnets":
-                name = {"conv_shortcut": "nin_shortcut"}.get(p[5], p[5])
-                k = f"{p[0]}.{where}.{level}.block.{p[4]}.{name}.{p[-1]}"
-            else:
-                k = f"{p[0]}.{where}.{level}.{'downsample' if where == 'down' else 'upsample'}.conv.{p[-1]}"
-        elif p[1] == "mid_block":
-            if p[2] == "resnets":
-                k = f"{p[0]}.mid.block_{int(p[3]) + 1}.{p[4]}.{p[-1]}"
-            else:
-                name = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out": "proj_out"}[p[4]]
-                k = f"{p[0]}.mid.attn_1.{name}.{p[-1]}"
-                if name != "norm" and v.ndim == 2:
-                    v = v[:, :, None, None]
-        elif p[1] == "conv_norm_out":
-            k = f"{p[0]}.norm_out.{p[-1]}"
-        out[k] = v
-    return out
-
-
 @pytest.mark.parametrize("layout", ["diffusers", "diffusers_old", "ldm"])
 def test_sd_vae_layouts_match_diffusers(layout):
     ref = _diffusers_vae()
@@ -57,7 +31,7 @@ def test_sd_vae_layouts_match_diffusers(layout):
         old = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
         sd = {next((k.replace(f".{n}.", f".{o}.") for n, o in old.items() if f".{n}." in k), k): v for k, v in sd.items()}
     elif layout == "ldm":
-        sd = _to_ldm(sd, levels=2)
+        sd = ldm_vae_layout(sd, levels=2)
         # the test's own LDM names are the ones diffusers' converter reads
         from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 

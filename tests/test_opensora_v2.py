@@ -52,22 +52,7 @@ def test_flux_fused_layout_loads_as_split():
     model = MMDiT(in_channels=16, vec_in_dim=8, context_in_dim=8, hidden_size=64, num_heads=2, depth=1,
                   depth_single_blocks=1, axes_dim=(4, 14, 14), guidance_embed=True, cond_embed=False,
                   rope_half_split=False).eval()
-    sd = model.state_dict()
-    fused = {}
-    for k, v in sd.items():
-        for stream in ("img", "txt"):
-            q = f"double_blocks.0.{stream}_attn.q_proj."
-            if k.startswith(q):
-                kind = k[len(q):]
-                fused[f"double_blocks.0.{stream}_attn.qkv.{kind}"] = torch.cat(
-                    [sd[f"double_blocks.0.{stream}_attn.{n}_proj.{kind}"] for n in "qkv"])
-        if k.startswith("single_blocks.0.q_proj."):
-            kind = k.rsplit(".", 1)[1]
-            fused[f"single_blocks.0.linear1.{kind}"] = torch.cat(
-                [sd[f"single_blocks.0.{n}.{kind}"] for n in ("q_proj", "k_proj", "v_mlp")])
-        if not any(s in k for s in ("_attn.q_proj", "_attn.k_proj", "_attn.v_proj", "single_blocks.0.q_proj",
-                                    "single_blocks.0.k_proj", "single_blocks.0.v_mlp")):
-            fused[k] = v
+    fused = tiny.flux_layout(model.state_dict())
     loaded = load_mmdit(fused, num_heads=2)
     assert loaded.half_split is False and loaded.guidance_in is not None
     img = torch.randn(2, 12, 16)
@@ -367,3 +352,87 @@ def test_decode_node_tiles_are_the_originals(golden_dir, case):
     video = pipeline.decode(vae, latent, temporal_chunk=tiles["tile_latent_min_tsize"] if temporal else 0,
                             spatial_tile=tiles["tile_sample_min_size"])
     torch.testing.assert_close(video, t["x"], **spec["recommended_tolerance"])
+
+
+# -- t2i2v: FLUX.1-dev and its autoencoder make the first frame ----------------------------------------------------
+@pytest.mark.parametrize("layout", ["bfl", "diffusers"])
+def test_flux_ae_matches_diffusers(layout):
+    """The FLUX.1 autoencoder (no quant convs, 16 channels, latents 0.3611 * (z - 0.1159)) in the BFL single-file
+    layout of flux1-dev-ae.safetensors and in diffusers' layout: encode and decode as diffusers' AutoencoderKL."""
+    diffusers = pytest.importorskip("diffusers")
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    from comfyui_opensora.models import checkpoint, sd_vae
+
+    torch.manual_seed(0)
+    ref = diffusers.AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4,
+                                  latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
+                                  scaling_factor=sd_vae.FLUX_AE_SCALE, shift_factor=sd_vae.FLUX_AE_SHIFT)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ref.eval()
+    sd = {k: v.clone() for k, v in ref.state_dict().items()}
+    if layout == "bfl":
+        sd = tiny.ldm_vae_layout(sd, levels=2)
+        back = convert_ldm_vae_checkpoint({f"first_stage_model.{k}": v for k, v in sd.items()},
+                                          {"down_block_types": ("DownEncoderBlock2D",) * 2,
+                                           "up_block_types": ("UpDecoderBlock2D",) * 2, "layers_per_block": 1})
+        assert set(back) == set(ref.state_dict())
+    assert checkpoint.detect_family(sd) == "flux_ae"
+    ours = sd_vae.load_video_vae(sd).eval()
+    x = torch.rand(1, 3, 2, 16, 16) * 2 - 1
+    with torch.no_grad():
+        z = ours.encode(x)
+        want = (ref.encode(x[:, :, 0]).latent_dist.mean - ref.config.shift_factor) * ref.config.scaling_factor
+        torch.testing.assert_close(z[:, :, 0], want, atol=1e-5, rtol=1e-5)
+        raw = z[:, :, 1] / ref.config.scaling_factor + ref.config.shift_factor
+        torch.testing.assert_close(ours.decode(z)[:, :, 1], ref.decode(raw).sample, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def flux(models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("flux")
+    model = pipeline.load_diffusion_model(tiny.write_tiny_flux(str(root / "flux.safetensors")))
+    vae = pipeline.load_vae(tiny.write_tiny_flux_ae(str(root / "ae.safetensors")))
+    prompt = "a red panda eating bamboo"
+    cond = pipeline.encode_text(models["t5"], prompt, "opensora-v2.0-t2i", offload=False, clip=models["clip"])
+    return {"model": model, "vae": vae, "cond": cond, "prompt": prompt}
+
+
+def test_flux_t2i_is_the_distilled_sampler(flux):
+    """The sampler on FLUX.1 is rflow_v2.sample_distilled on the seeded noise, with the 2.0 schedule at T = 1 and
+    cfg as the distilled guidance; its prompt carries no FPS / motion suffix."""
+    from comfyui_opensora.models import noise as noise_mod, rflow_v2
+
+    model, vae, cond = flux["model"], flux["vae"], flux["cond"]
+    assert model.family == "opensora-v2.0" and model.net.guidance_in is not None and model.net.cond_in is None
+    assert vae.family == "flux-ae" and cond["prompts"] == [flux["prompt"]]
+    latent = pipeline.empty_latent(vae, "custom", "16:9", 64, 48, 1, 1)
+    assert latent["samples"].shape == (1, 16, 1, 6, 8)
+    out = pipeline.sample(model, cond, latent, 7, 4, 4.0, "rflow-v2", 1.0, 24)["samples"]
+    z = noise_mod.seeded_noise(7, latent["samples"].shape, noise_mod.generator(7))
+    ts = rflow_v2.get_schedule(4, 3 * 4, 1)
+    with torch.no_grad():
+        expected = rflow_v2.sample_distilled(model.net, ts[0] * z, cond["y"][:, 0], cond["vec"], ts, 4.0)
+    torch.testing.assert_close(out, expected)
+    other = pipeline.sample(model, cond, latent, 7, 4, 2.0, "rflow-v2", 1.0, 24)["samples"]
+    assert (other - out).abs().max() > 1e-4, "the guidance must reach the model"
+    image = pipeline.decode(vae, {**latent, "samples": out})
+    assert image.shape == (1, 3, 1, 48, 64)
+    big = pipeline.empty_latent(vae, "768px", "16:9", 0, 0, 1, 1)
+    h, w = buckets.get_image_size_v2("768px", "16:9", 16)
+    assert big["samples"].shape == (1, 16, 1, h // 8, w // 8)
+
+
+def test_flux_and_video_latents_do_not_mix(models, flux):
+    video_latent = pipeline.empty_latent(models["vae"], "custom", "16:9", 64, 48, 9, 1)
+    with pytest.raises(pipeline.InputError, match="FLUX.1 autoencoder"):
+        pipeline.sample(flux["model"], flux["cond"], video_latent, 0, 2, 4.0, "rflow-v2", 1.0, 24)
+    image_latent = pipeline.empty_latent(flux["vae"], "custom", "16:9", 64, 48, 1, 1)
+    with pytest.raises(pipeline.InputError, match="Reference Condition"):
+        pipeline.sample(models["model"], _cond(models), image_latent, 0, 2, 7.5, "rflow-v2", 1.0, 24)
+    frames = pipeline.empty_latent(flux["vae"], "custom", "16:9", 64, 48, 3, 1)
+    with pytest.raises(pipeline.InputError, match="num_frames to 1"):
+        pipeline.sample(flux["model"], flux["cond"], frames, 0, 2, 4.0, "rflow-v2", 1.0, 24)

@@ -77,7 +77,15 @@ def _prepare(prompt, env, name, variant=None):
         if inputs.get("text_encoder_name") == "clip_l.safetensors":  # 2.0's second text encoder
             inputs["text_encoder_name"] = os.path.basename(TINY_FILES_V2["clip"])
             continue
+        if inputs.get("model_name") == "flux1-dev.safetensors":  # 2.0's t2i2v image model and its autoencoder
+            inputs["model_name"] = os.path.basename(TINY_FILES_V2["model_flux"])
+            continue
+        if inputs.get("vae_name") == "flux1-dev-ae.safetensors":
+            inputs["vae_name"] = os.path.basename(TINY_FILES_V2["vae_flux"])
+            continue
         for k, v in overrides.items():
+            if k == "num_frames" and inputs.get(k) == 1:  # an image latent stays an image
+                continue
             if k in inputs and not isinstance(inputs[k], list):
                 # the video converter keeps its own size: only model nodes get the tiny latent size
                 if k in ("width", "height") and node["class_type"] == "OpenSoraLoadVideo":

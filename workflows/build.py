@@ -442,6 +442,31 @@ def opensora_v2_0_loop(defs, Builder):
     return b
 
 
+def opensora_v2_0_t2i2v(defs, Builder):
+    b = Builder(defs)
+    prompt = "a red panda eating bamboo in a misty forest, close-up"
+    model, vae, cond, latent = _v2_core(b, prompt)
+    t5, clip = (node["id"] for node in b.nodes if node["type"] == "OpenSoraTextEncoderLoader")
+    flux = b.add("OpenSoraModelLoader", 0, model_name="flux1-dev.safetensors", dtype="auto")
+    ae = b.add("OpenSoraVAELoader", 0, vae_name="flux1-dev-ae.safetensors", dtype="auto")
+    enc = b.add("OpenSoraTextEncode", 1, prompt=prompt, family="opensora-v2.0-t2i", aesthetic_score=0.0)
+    b.connect(t5, 0, enc, "text_encoder")
+    b.connect(clip, 0, enc, "clip")
+    image_latent = b.add("OpenSoraEmptyLatent", 1, resolution="768px", aspect_ratio="16:9", num_frames=1)
+    b.connect(ae, 0, image_latent, "vae")
+    image = _sample_decode(b, flux, ae, enc, image_latent, 2, steps=50, cfg=4.0, scheduler="rflow-v2")
+    ref = b.add("OpenSoraReferenceCondition", 3, reference_start=0, target_start=0, length=1, edit_ratio=0.0)
+    b.connect(latent, 0, ref, "latent")
+    b.connect(vae, 0, ref, "vae")
+    b.connect(image, 0, ref, "reference")
+    _v2_sample_save(b, model, vae, cond, ref, 4, "OpenSora/v2_t2i2v")
+    b.note("Open-Sora 2.0 t2i2v, its recommended mode: FLUX.1-dev (flux1-dev.safetensors, with flux1-dev-ae or "
+           "ComfyUI's ae.safetensors) draws the first frame at 768px from the prompt as written (family "
+           "opensora-v2.0-t2i: no FPS / motion suffix; 50 steps, distilled guidance 4.0), then the video model "
+           "animates it as image-to-video. Keep both prompts the same.", 0)
+    return b
+
+
 WORKFLOWS = {"video_convert": video_convert, "cogvideox_t2v": cogvideox_t2v, "cogvideox_i2v": cogvideox_i2v,
              "cogvideox_v2v": cogvideox_v2v, "opensora_v1.2_t2v": opensora_v1_2_t2v,
              "opensora_v1.2_i2v": opensora_v1_2_i2v, "opensora_v1.2_extend": opensora_v1_2_extend,
@@ -450,7 +475,7 @@ WORKFLOWS = {"video_convert": video_convert, "cogvideox_t2v": cogvideox_t2v, "co
              "opensora_v1.1_i2v": opensora_v1_1_i2v,
              "opensora_v2.0_t2v_256px": opensora_v2_0_t2v_256px, "opensora_v2.0_t2v_768px": opensora_v2_0_t2v_768px,
              "opensora_v2.0_i2v": opensora_v2_0_i2v, "opensora_v2.0_first_last": opensora_v2_0_first_last,
-             "opensora_v2.0_loop": opensora_v2_0_loop,
+             "opensora_v2.0_loop": opensora_v2_0_loop, "opensora_v2.0_t2i2v": opensora_v2_0_t2i2v,
              "demo_t2v": demo_t2v, "demo_i2v": demo_i2v, "demo_extend": demo_extend, "demo_loop": demo_loop}
 
 
