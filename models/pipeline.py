@@ -752,7 +752,7 @@ def decode(vae: VideoVAE, latent: dict, temporal_chunk: int = 0, temporal_overla
     if vae.family in V2_VAES:
         try:
             z = latent["samples"].to(vae.device, vae.dtype)
-            with _v2_tiles(vae, temporal_chunk, spatial_tile), \
+            with _v2_tiles(vae, temporal_chunk, spatial_tile, spatial_overlap), \
                     _progress_per_call(net.decoder, net.calls(z.shape, decode=True), "decoding"):
                 video = net.decode(z)
         finally:
@@ -807,16 +807,21 @@ def _encode_latents(vae: VideoVAE, video: torch.Tensor, progress: bool = True) -
 
 
 @contextlib.contextmanager
-def _v2_tiles(vae: VideoVAE, temporal_chunk: int, spatial_tile: int):
-    """Open-Sora 2.0's VAEs tile with their own code, blending a quarter of each window as the original does.
-    The node's inputs set the window sizes: spatial_tile px and temporal_chunk latent frames; 0 keeps the
-    released ones (256 px; in time the whole video for the HunyuanVideo VAE, 8 latents for the DC-AE)."""
+def _v2_tiles(vae: VideoVAE, temporal_chunk: int, spatial_tile: int, spatial_overlap: int):
+    """Open-Sora 2.0's VAEs tile with their own code, blending windows as the original does. The node's inputs set
+    the window sizes, spatial_tile px and temporal_chunk latent frames, and spatial_overlap / spatial_tile is the
+    original's tile_overlap_factor, shared by space and time. spatial_tile 0 keeps the released tiles: 256 px,
+    a quarter blended; in time the whole video for the HunyuanVideo VAE, 8 latents for the DC-AE."""
     net, r = vae.net, vae.spatial_ratio
     if spatial_tile % r:
         raise InputError("spatial_tile", f"{spatial_tile} px is not a multiple of this VAE's {r} px latent cells",
                          f"use a multiple of {r}, or 0 for the released 256 px tiles")
+    if spatial_tile and (spatial_overlap % r or not 0 <= spatial_overlap < spatial_tile):
+        raise InputError("spatial_overlap", f"{spatial_overlap} px does not fit tiles of {spatial_tile} px in "
+                         f"{r} px latent cells", f"use a multiple of {r} below spatial_tile (a quarter of it, "
+                         f"{spatial_tile // 4 // r * r}, as released)")
     if temporal_chunk == 1:
-        raise InputError("temporal_chunk", "Open-Sora 2.0's VAEs blend a quarter of each time window, so a window "
+        raise InputError("temporal_chunk", "Open-Sora 2.0's VAEs blend neighbouring time windows, so a window "
                          "needs at least 2 latent frames", "use 0 (the VAE's default) or 2 and more")
     if vae.family == "hunyuan-vae":
         tiles = {"use_temporal_tiling": bool(temporal_chunk)}
@@ -824,13 +829,14 @@ def _v2_tiles(vae: VideoVAE, temporal_chunk: int, spatial_tile: int):
             tiles.update(tile_latent_min_tsize=temporal_chunk,
                          tile_sample_min_tsize=temporal_chunk * net.time_compression_ratio)
         if spatial_tile:
-            tiles.update(tile_sample_min_size=spatial_tile, tile_latent_min_size=spatial_tile // r)
+            tiles.update(tile_sample_min_size=spatial_tile, tile_latent_min_size=spatial_tile // r,
+                         tile_overlap_factor=spatial_overlap / spatial_tile)
     else:
         tiles = {"use_temporal_tiling": True}
         if temporal_chunk:
             tiles["temporal_tile_size"] = temporal_chunk * net.time_ratio
         if spatial_tile:
-            tiles["spatial_tile_size"] = spatial_tile
+            tiles.update(spatial_tile_size=spatial_tile, tile_overlap_factor=spatial_overlap / spatial_tile)
     saved = {k: getattr(net, k) for k in tiles}
     for k, v in tiles.items():
         setattr(net, k, v)

@@ -24,7 +24,7 @@ class OpenSoraVAEDecode:
                                        "tooltip": "Latent frames decoded at a time; 0 = the VAE's native chunk "
                                                   "(Open-Sora 1.2: 5 latents = 17 frames, exact; 2.0: the "
                                                   "whole video for the HunyuanVideo VAE, 8 latents for the "
-                                                  "DC-AE, blended over a quarter of the window)."}),
+                                                  "DC-AE)."}),
             "temporal_overlap": ("INT", {"default": 0, "min": 0, "max": 64,
                                          "tooltip": "Latent frames shared by neighbouring chunks and blended "
                                                     "(for VAEs whose chunks are not exact)."}),
@@ -33,7 +33,8 @@ class OpenSoraVAEDecode:
                                                 "VAEs: 0 = their released 256 px tiles)."}),
             "spatial_overlap": ("INT", {"default": 64, "min": 0, "max": 1024, "step": 8,
                                         "tooltip": "Pixels shared and blended between spatial tiles (Open-Sora "
-                                                   "2.0's VAEs always blend a quarter of the tile)."}),
+                                                   "2.0's VAEs: its share of the tile also blends their time "
+                                                   "windows, as the original's tile_overlap_factor)."}),
         }}
 
     def decode(self, vae, latent, temporal_chunk, temporal_overlap, spatial_tile, spatial_overlap):

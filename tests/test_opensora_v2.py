@@ -313,7 +313,7 @@ def test_v2_vae_progress_and_cancel(models):
     comfy_adapter.set_progress_hook(lambda node, value, total: seen.append((value, total)))
     try:
         # 5 latent frames in windows of 2 every 1, 8x12 latents in tiles of 4 every 3: 5 x (3 x 4) decoder runs
-        video = pipeline.decode(vae, latent, temporal_chunk=2, spatial_tile=32)
+        video = pipeline.decode(vae, latent, temporal_chunk=2, spatial_tile=32, spatial_overlap=8)
         assert seen == [(i + 1, 60) for i in range(60)]
         assert video.shape == (1, 3, 17, 64, 96)
         seen.clear()
@@ -329,28 +329,39 @@ def test_v2_vae_progress_and_cancel(models):
         pipeline.decode(vae, latent, temporal_chunk=1)
     with pytest.raises(pipeline.InputError, match="spatial_tile"):
         pipeline.decode(vae, latent, spatial_tile=36)
+    with pytest.raises(pipeline.InputError, match="spatial_overlap"):
+        pipeline.decode(vae, latent, spatial_tile=32, spatial_overlap=32)
 
 
-@pytest.mark.parametrize("case", ["decode_spatial_temporal_tiled_slicing_B2", "decode_spatial_tiled"])
-def test_decode_node_tiles_are_the_originals(golden_dir, case):
-    """The decode node's spatial_tile (px) and temporal_chunk (latent frames) are the original's tile sizes: set
-    to the golden case's (32 px, 4 latents), the pipeline decodes the golden weights to the original's output."""
+@pytest.mark.parametrize("component,case", [
+    ("hunyuan_vae", "decode_spatial_temporal_tiled_slicing_B2"), ("hunyuan_vae", "decode_spatial_tiled"),
+    ("dc_ae", "decode_spatial_tiled"), ("dc_ae", "decode_temporal_tiled")])
+def test_decode_node_tiles_are_the_originals(golden_dir, component, case):
+    """The decode node's spatial_tile (px), spatial_overlap (px; over spatial_tile it is the original's
+    tile_overlap_factor) and temporal_chunk (latent frames) are the original's tiling: set to a golden case's,
+    the pipeline decodes the golden weights to the original's output."""
     import json
     import os
 
     from safetensors.torch import load_file
 
-    folder = os.path.join(golden_dir, "v2.0", "hunyuan_vae")
+    folder = os.path.join(golden_dir, "v2.0", component)
     spec = json.load(open(os.path.join(folder, f"case_{case}.json")))
-    tiles = json.load(open(os.path.join(folder, "config.json")))["derived"]
+    flags = spec["call"]["flags"]
     t = load_file(os.path.join(folder, spec["tensor_file"]))
     vae = pipeline.load_vae(os.path.join(folder, "weights.safetensors"), "fp32")
     z = t["z"]
-    latent = {"samples": z, "opensora": pipeline._new_info(vae, 4 * (z.shape[2] - 1) + 1, 8 * z.shape[3],
-                                                            8 * z.shape[4])}
-    temporal = spec["call"]["flags"].get("use_temporal_tiling")
-    video = pipeline.decode(vae, latent, temporal_chunk=tiles["tile_latent_min_tsize"] if temporal else 0,
-                            spatial_tile=tiles["tile_sample_min_size"])
+    if component == "hunyuan_vae":
+        tiles = json.load(open(os.path.join(folder, "config.json")))["derived"]
+        tile, overlap = tiles["tile_sample_min_size"], 0.25  # the tiny config's tile_overlap_factor
+        chunk = tiles["tile_latent_min_tsize"] if flags.get("use_temporal_tiling") else 0
+        frames = 4 * (z.shape[2] - 1) + 1
+    else:
+        tile, overlap = flags["spatial_tile_size"], flags["tile_overlap_factor"]
+        chunk, frames = flags["temporal_tile_size"] // 4, 4 * z.shape[2]
+    r = vae.spatial_ratio
+    latent = {"samples": z, "opensora": pipeline._new_info(vae, frames, r * z.shape[3], r * z.shape[4])}
+    video = pipeline.decode(vae, latent, temporal_chunk=chunk, spatial_tile=tile, spatial_overlap=int(tile * overlap))
     torch.testing.assert_close(video, t["x"], **spec["recommended_tolerance"])
 
 
