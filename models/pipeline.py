@@ -794,12 +794,10 @@ def _encode_latents(vae: VideoVAE, video: torch.Tensor, progress: bool = True) -
         video = video.to(vae.device, vae.dtype)
         if vae.family == "cogvideox":
             z = net.encode_moments(video)[0]
-        elif vae.family in V2_VAES:  # whole long videos: show the tiles going by
-            with _progress_per_call(net.encoder, net.calls(video.shape, decode=False) if progress else 0,
-                                    "encoding"):
+        else:  # long videos: the bar follows the encoder's tiles / micro-batches
+            encoder, runs = net.encoder_runs(video.shape)
+            with _progress_per_call(encoder, runs if progress else 0, "encoding"):
                 z = net.encode(video) if vae.family == "dc-ae" else net.encode(video, sample_posterior=False)
-        else:
-            z = net.encode(video, sample_posterior=False)
     finally:
         if vae.offload_device != vae.device:
             net.to(vae.offload_device)

@@ -249,6 +249,11 @@ class VideoAutoencoderKL(nn.Module):
         self.spatial_ratio = self.module.spatial_ratio
         self.latent_channels = self.module.latent_channels
 
+    def encoder_runs(self, shape) -> tuple[nn.Module, int]:
+        """The encoder and how many micro-batches an encode of a [B, 3, T, H, W] video runs it on (progress)."""
+        frames = shape[0] * shape[2]
+        return self.module.encoder, -(-frames // (self.micro_batch_size or frames))
+
     def latent_frames(self, num_frames: int) -> int:
         return num_frames
 

@@ -201,3 +201,28 @@ def test_bf16_runs_close_to_the_fp32_golden(config):
     assert (x.float() - dec["x"]).abs().mean() < 0.03
     assert (x.float() - dec["x"]).abs().max() < 0.1 * dec["x"].abs().max()
     assert (z.float() - enc["z_zero_noise"]).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("writer,frames", [("write_tiny_vae_v1_2", 34), ("write_tiny_sd_vae", 9),
+                                           ("write_tiny_flux_ae", 1)])
+def test_encode_shows_progress_per_encoder_run(tmp_path, writer, frames):
+    """VAE Encode's bar ticks once per 2D-encoder micro-batch (encoder_runs counts them), and a cancel stops it."""
+    from comfyui_opensora import comfy_adapter
+    from comfyui_opensora.models import pipeline, tiny
+
+    vae = pipeline.load_vae(getattr(tiny, writer)(str(tmp_path / "vae.safetensors")), "fp32")
+    video = torch.rand(2, 3, frames, 32, 32) * 2 - 1
+    encoder, runs = vae.net.encoder_runs(video.shape)
+    calls, seen = [], []
+    handle = encoder.register_forward_hook(lambda *_: calls.append(1))
+    comfy_adapter.set_progress_hook(lambda node, value, total: seen.append((value, total)))
+    try:
+        pipeline.encode(vae, video)
+        assert len(calls) == runs and seen == [(i + 1, runs) for i in range(runs)]
+        comfy_adapter.request_cancel()
+        with pytest.raises(comfy_adapter.Interrupted):
+            pipeline.encode(vae, video)
+    finally:
+        handle.remove()
+        comfy_adapter.clear_cancel()
+        comfy_adapter.set_progress_hook(None)

@@ -465,6 +465,10 @@ class VideoDCAE(nn.Module):
                              f"{window}. Fix: use a smaller overlap or a larger tile")
         return stride
 
+    def encoder_runs(self, shape) -> tuple[nn.Module, int]:
+        """The encoder and how many times an encode of a [B, 3, T, H, W] video runs it (progress)."""
+        return self.encoder, self.calls(shape, decode=False)
+
     def calls(self, shape, decode: bool) -> int:
         """How many times encode / decode of a [B, C, T, H, W] input runs the encoder / decoder (one per sample,
         tile and time window): the length of their progress bars."""

@@ -374,6 +374,10 @@ class HunyuanVAE(nn.Module):
         blend = int(window_out * self.tile_overlap_factor)
         return tile_fn(fn, x, window_in, int(window_in * (1 - self.tile_overlap_factor)), blend, window_out - blend)
 
+    def encoder_runs(self, shape) -> tuple[nn.Module, int]:
+        """The encoder and how many times an encode of a [B, 3, T, H, W] video runs it (progress)."""
+        return self.encoder, self.calls(shape, decode=False)
+
     def calls(self, shape, decode: bool) -> int:
         """How many times encode / decode of a [B, C, T, H, W] input runs the encoder / decoder (one per tile,
         time window and slice): the length of their progress bars."""

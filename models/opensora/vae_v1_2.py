@@ -164,6 +164,12 @@ class OpenSoraVAEv12(nn.Module):
         self.latent_channels = self.temporal_vae.post_quant_conv.conv.weight.shape[0]
 
     # -- frame counts ---------------------------------------------------------------------------
+    def encoder_runs(self, shape) -> tuple[nn.Module, int]:
+        """The module an encode of a [B, 3, T, H, W] video spends its time in (the 2D encoder, over every frame)
+        and how many times it runs: the length of the encode progress bar."""
+        frames = shape[0] * shape[2]
+        return self.spatial_vae.module.encoder, -(-frames // (self.micro_batch_size or frames))
+
     def latent_frames_chunk(self, frames: int) -> int:
         return -(-frames // self.temporal_vae.time_factor)
 
