@@ -158,9 +158,9 @@ class AutoencoderKL(nn.Module):
         chans = list(block_out_channels)
         self.encoder = Encoder(in_channels, latent_channels, chans, layers_per_block, norm_num_groups)
         self.decoder = Decoder(out_channels, latent_channels, chans, layers_per_block, norm_num_groups)
-        quant = use_quant_conv  # FLUX.1's autoencoder has none
-        self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if quant else nn.Identity()
-        self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if quant else nn.Identity()
+        # FLUX.1's autoencoder has no quant convs
+        self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else nn.Identity()
+        self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_quant_conv else nn.Identity()
         self.latent_channels = latent_channels
         self.spatial_ratio = 2 ** (len(chans) - 1)
 

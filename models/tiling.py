@@ -25,6 +25,16 @@ def window_starts(size: int, tile: int, overlap: int) -> list[int]:
     return sorted(set(range(0, size - tile, stride)) | {size - tile})
 
 
+def original_windows(thw, tile: int, tsize: int, stride, spatial: bool, temporal: bool) -> int:
+    """How many windows Open-Sora 2.0's VAEs cut a (T, H, W) input into: tiles of `tile` over H and W when
+    spatial and either side exceeds a tile, windows of `tsize` over T when temporal and T exceeds one, each
+    starting every stride(size) from 0 (the last ones shorter). Their progress bars are this long."""
+    T, H, W = thw
+    count = lambda n, size: len(range(0, n, stride(size)))  # noqa: E731
+    return (count(H, tile) * count(W, tile) if spatial and max(H, W) > tile else 1) * \
+        (count(T, tsize) if temporal and T > tsize else 1)
+
+
 def ramp(n: int, overlap: int, at_start: bool, at_end: bool, device=None) -> torch.Tensor:
     """Blend weights along one axis: rise over the first `overlap` samples and fall over the last, except at
     the edges of the whole signal. A rising and a falling ramp over the same samples sum to one."""

@@ -46,6 +46,7 @@ from einops import rearrange, reduce, repeat
 from torch import nn
 
 from ..checkpoint import build_strict
+from ..tiling import original_windows
 
 TRAIN_SCALING_FACTOR = 0.493  # configs/diffusion/train/high_compression.py; see the module docstring
 
@@ -472,13 +473,10 @@ class VideoDCAE(nn.Module):
     def calls(self, shape, decode: bool) -> int:
         """How many times encode / decode of a [B, C, T, H, W] input runs the encoder / decoder (one per sample,
         tile and time window): the length of their progress bars."""
-        B, _, T, H, W = shape
         tile = self.spatial_tile_latent_size if decode else self.spatial_tile_size
         tsize = self.temporal_tile_latent_size if decode else self.temporal_tile_size
-        windows = lambda n, size: len(range(0, n, self._stride(size)))  # noqa: E731
-        spatial = windows(H, tile) * windows(W, tile) if self.use_spatial_tiling and max(H, W) > tile else 1
-        temporal = windows(T, tsize) if self.use_temporal_tiling and T > tsize else 1
-        return B * temporal * spatial
+        return shape[0] * original_windows(shape[2:], tile, tsize, self._stride, self.use_spatial_tiling,
+                                           self.use_temporal_tiling)
 
     def _param(self):
         return self.encoder.project_in.conv.weight

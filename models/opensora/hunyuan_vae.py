@@ -35,6 +35,7 @@ from torch import nn
 
 from .. import sd_vae
 from ..checkpoint import build_strict
+from ..tiling import original_windows
 
 SCALE_FACTOR = 0.476986
 SHIFT_FACTOR = 0.0
@@ -381,15 +382,14 @@ class HunyuanVAE(nn.Module):
     def calls(self, shape, decode: bool) -> int:
         """How many times encode / decode of a [B, C, T, H, W] input runs the encoder / decoder (one per tile,
         time window and slice): the length of their progress bars."""
-        B, _, T, H, W = shape
+        B = shape[0]
         tile = self.tile_latent_min_size if decode else self.tile_sample_min_size
         tsize = self.tile_latent_min_tsize if decode else self.tile_sample_min_tsize
-        windows = lambda n, size: len(range(0, n, int(size * (1 - self.tile_overlap_factor))))  # noqa: E731
-        spatial = windows(H, tile) * windows(W, tile) if self.use_spatial_tiling and max(H, W) > tile else 1
-        temporal = windows(T, tsize) if self.use_temporal_tiling and T > tsize else 1
+        windows = original_windows(shape[2:], tile, tsize, lambda size: int(size * (1 - self.tile_overlap_factor)),
+                                   self.use_spatial_tiling, self.use_temporal_tiling)
         # decode slices the batch before tiling; encode only when it does not tile
-        sliced = self.use_slicing and B > 1 and (decode or spatial * temporal == 1)
-        return (B if sliced else 1) * temporal * spatial
+        sliced = self.use_slicing and B > 1 and (decode or windows == 1)
+        return (B if sliced else 1) * windows
 
     def get_latent_size(self, input_size) -> list[int]:
         """[T, H, W] of the latent of a [T, H, W] video."""
