@@ -39,6 +39,13 @@ MODEL_FOLDERS = {
 # listed next to the user's in every loader, so it needs no special code path.
 DEMO_MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_models")
 DEMO_FOLDERS = ("diffusion_models", "vae", "text_encoders")
+# Example inputs the shipped workflows name in OpenSora Load Video, so a workflow opened from the template
+# browser runs as shipped: input-folder name -> the file in the pack. Inside ComfyUI they are copied into the
+# input folder (the upload widget previews files from there); headless they are read from the pack.
+EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo", "examples")
+EXAMPLE_INPUTS = {"opensora_example_image.png": "blue_square.png",
+                  "opensora_example_last_frame.png": "yellow_triangle.png",
+                  "opensora_example_clip.mp4": "red_circle.mp4"}
 
 _settings = {"models_dir": None, "output_dir": None, "input_dir": None, "temp_dir": None, "device": None}
 
@@ -92,6 +99,30 @@ def register_model_folders():
         if kind in folder_paths.folder_names_and_paths:
             folder_paths.add_model_folder_path(kind, os.path.join(DEMO_MODELS_DIR, kind))
     # Directories (HF folders) are listed by list_models(), so no extension filter is needed here.
+    install_example_inputs()
+
+
+def install_example_inputs():
+    """Copy the example inputs into ComfyUI's input folder, leaving any file of that name alone. A read-only or
+    missing input folder only costs the examples: the pack still loads."""
+    import shutil
+
+    folder = input_directory()
+    for name, source in EXAMPLE_INPUTS.items():
+        target = os.path.join(folder, name)
+        if os.path.exists(target):
+            continue
+        try:
+            os.makedirs(folder, exist_ok=True)
+            shutil.copyfile(os.path.join(EXAMPLES_DIR, source), target + ".part")
+            os.replace(target + ".part", target)
+        except OSError as e:
+            print(f"[ComfyUI-OpenSora] could not copy the example input {name} into {folder}: {e}")
+
+
+def example_input(name: str) -> str | None:
+    """The pack's copy of an example input, for a run whose input folder does not hold it."""
+    return os.path.join(EXAMPLES_DIR, EXAMPLE_INPUTS[name]) if name in EXAMPLE_INPUTS else None
 
 
 def _folder_roots(kind: str) -> list[str]:
@@ -282,13 +313,27 @@ def soft_empty_cache():
         torch.cuda.empty_cache()
 
 
+def _comfy_package_dirs() -> list[str]:
+    """The folders of ComfyUI's `comfy` package. Since 0.3.6x `comfy/` has no __init__.py: a namespace package,
+    whose __file__ is None, so its folders come from __path__ (or, failing that, from a module inside it)."""
+    import comfy  # type: ignore
+
+    roots = [p for p in getattr(comfy, "__path__", None) or [] if isinstance(p, str)]
+    if getattr(comfy, "__file__", None):
+        roots.append(os.path.dirname(comfy.__file__))
+    if _comfy_utils is not None and getattr(_comfy_utils, "__file__", None):
+        roots.append(os.path.dirname(_comfy_utils.__file__))
+    return list(dict.fromkeys(os.path.abspath(r) for r in roots))
+
+
 def bundled_tokenizer_dirs(name: str = "t5_tokenizer") -> list[str]:
     """Tokenizer folders ComfyUI ships (comfy/text_encoders/<name> for T5, comfy/sd1_tokenizer for CLIP-L), a
-    fallback when none sits by the model."""
+    fallback when none sits by the model. Empty outside ComfyUI or when this ComfyUI has none."""
     if not IN_COMFY:
         return []
-    import comfy
-
-    root = os.path.dirname(comfy.__file__)
-    paths = [os.path.join(root, "text_encoders", name), os.path.join(root, name)]
-    return [p for p in paths if os.path.isdir(p)]
+    try:
+        roots = _comfy_package_dirs()
+    except ImportError:
+        return []
+    paths = [p for root in roots for p in (os.path.join(root, "text_encoders", name), os.path.join(root, name))]
+    return [p for p in dict.fromkeys(paths) if os.path.isdir(p)]

@@ -107,12 +107,14 @@ class OpenSoraSaveVideo:
 
 
 def _input_videos() -> list[str]:
+    """The input folder's videos and images, plus the pack's example inputs (which the shipped workflows name)."""
     root = comfy_adapter.input_directory()
-    if not os.path.isdir(root):
-        return []
-    return sorted(f for f in os.listdir(root)
+    found = set(comfy_adapter.EXAMPLE_INPUTS)
+    if os.path.isdir(root):
+        found |= {f for f in os.listdir(root)
                   if os.path.splitext(f)[1].lower() in video_io.VIDEO_EXTENSIONS | video_io.IMAGE_EXTENSIONS
-                  and os.path.isfile(os.path.join(root, f)))
+                  and os.path.isfile(os.path.join(root, f))}
+    return sorted(found)
 
 
 def _source(video, path) -> tuple[str, str]:
@@ -125,7 +127,10 @@ def _source(video, path) -> tuple[str, str]:
         if not os.path.isabs(path) and not os.path.exists(path) and os.path.exists(in_pack):
             return "path", in_pack
         return "path", os.path.abspath(path)
-    return "video", os.path.join(comfy_adapter.input_directory(), video or "")
+    target = os.path.join(comfy_adapter.input_directory(), video or "")
+    if not os.path.exists(target) and comfy_adapter.example_input(video):
+        return "video", comfy_adapter.example_input(video)
+    return "video", target
 
 
 def _check_source(video, path) -> tuple[str, str]:

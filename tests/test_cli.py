@@ -36,7 +36,8 @@ def test_run_prints_saved_files(clip, tmp_path, capsys):
 
 
 def test_bad_workflow_report(tmp_path, capsys):
-    rc = main(["run", os.path.join(WORKFLOWS, "video_convert.json"), "--set", "crf=99", "--output-dir", str(tmp_path)])
+    rc = main(["run", os.path.join(WORKFLOWS, "video_convert.json"), "--set", "crf=99", "--set", "video=none",
+               "--output-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 1
     assert "node 1 (OpenSoraLoadVideo): OpenSoraLoadVideo: input 'video': no file chosen. Fix: pick a video" in err

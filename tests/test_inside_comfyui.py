@@ -42,8 +42,9 @@ def _fake_comfy(tmp_path, calls):
             calls.append(("progress", value, total))
 
     utils.ProgressBar = ProgressBar
+    # ComfyUI 0.3.6x: comfy/ has no __init__.py, a namespace package without __file__
     comfy = types.ModuleType("comfy")
-    comfy.__path__ = []
+    comfy.__path__ = [str(tmp_path / "comfy")]
     comfy.model_management, comfy.utils = mm, utils
     return {"folder_paths": folder_paths, "comfy": comfy, "comfy.model_management": mm, "comfy.utils": utils}
 
@@ -73,6 +74,15 @@ def test_adapter_forwards_to_comfyui(tmp_path, monkeypatch):
         (tmp_path / "models" / "unet" / "m.safetensors").write_bytes(b"")
         assert adapter.list_models("diffusion_models") == ["m.safetensors"]
         assert "m.safetensors" in pack.NODE_CLASS_MAPPINGS["OpenSoraModelLoader"].INPUT_TYPES()["required"]["model_name"][0]
+        # ComfyUI's bundled tokenizers are found through comfy.__path__; a missing one is no error
+        assert getattr(sys.modules["comfy"], "__file__", None) is None
+        t5 = tmp_path / "comfy" / "text_encoders" / "t5_tokenizer"
+        t5.mkdir(parents=True)
+        assert adapter.bundled_tokenizer_dirs() == [str(t5)]
+        assert adapter.bundled_tokenizer_dirs("sd1_tokenizer") == []
+        # the example inputs of the shipped workflows were copied into ComfyUI's input folder on import
+        for name, source in adapter.EXAMPLE_INPUTS.items():
+            assert (tmp_path / "comfy_in" / name).read_bytes() == (dst / "demo" / "examples" / source).read_bytes()
     finally:
         for key in [k for k in sys.modules if k == modname or k.startswith(modname + ".")]:
             del sys.modules[key]

@@ -22,14 +22,25 @@ def _pack():
     return pack.node_definitions(p), WorkflowBuilder
 
 
+# The example inputs the pack ships (comfy_adapter.EXAMPLE_INPUTS): copied into ComfyUI's input folder, so the
+# workflows that take a video or an image run as shipped from the template browser.
+EXAMPLE_IMAGE, EXAMPLE_LAST, EXAMPLE_CLIP = ("opensora_example_image.png", "opensora_example_last_frame.png",
+                                             "opensora_example_clip.mp4")
+
+
+def _input_note(*names):
+    return (f" The example input{'s' if len(names) > 1 else ''} ({', '.join(names)}) ship{'' if len(names) > 1 else 's'}"
+            " with the pack: pick your own in 'video' (or upload one), or set 'path'.")
+
+
 def video_convert(defs, Builder):
     b = Builder(defs)
-    load = b.add("OpenSoraLoadVideo", 0, video="none", frame_cap=0, resize="none")
+    load = b.add("OpenSoraLoadVideo", 0, video=EXAMPLE_CLIP, frame_cap=0, resize="none")
     save = b.add("OpenSoraSaveVideo", 1, fps=24.0, filename_prefix="OpenSora/converted", format="webm (vp9)")
     b.connect(load, 0, save, "images")
     b.connect(load, 1, save, "fps")
     b.note("Re-encode a video: pick it in 'video' (or set 'path'), choose the format on the right. "
-           "Frame cap, stride and resize trim it on the way.", 0)
+           "Frame cap, stride and resize trim it on the way." + _input_note(EXAMPLE_CLIP), 0)
     return b
 
 
@@ -81,21 +92,21 @@ def opensora_v1_2_t2v(defs, Builder):
 def opensora_v1_2_i2v(defs, Builder):
     b = Builder(defs)
     model, vae, cond, latent = _t2v_core(b, prompt="the waves roll onto the beach at sunset")
-    image = b.add("OpenSoraLoadVideo", 1, video="none", path="")
+    image = b.add("OpenSoraLoadVideo", 1, video=EXAMPLE_IMAGE, path="")
     ref = b.add("OpenSoraReferenceCondition", 2, reference_start=0, target_start=0, length=1, edit_ratio=0.0)
     b.connect(latent, 0, ref, "latent")
     b.connect(vae, 0, ref, "vae")
     b.connect(image, 0, ref, "reference")
     _save(b, _sample_decode(b, model, vae, cond, ref, 3), 4, "OpenSora/i2v")
     b.note("Image-to-video: the image becomes the first latent frame (mask_strategy '0'). Set target_start to -1 "
-           "to end on the image instead.", 1)
+           "to end on the image instead." + _input_note(EXAMPLE_IMAGE), 1)
     return b
 
 
 def opensora_v1_2_extend(defs, Builder):
     b = Builder(defs)
     model, vae, cond, latent = _t2v_core(b, prompt="the camera keeps flying over the snowy mountains")
-    prev = b.add("OpenSoraLoadVideo", 1, video="none", path="")
+    prev = b.add("OpenSoraLoadVideo", 1, video=EXAMPLE_CLIP, path="")
     ext = b.add("OpenSoraExtendVideo", 2, condition_frame_length=5, condition_frame_edit=0.0)
     b.connect(latent, 0, ext, "latent")
     b.connect(vae, 0, ext, "vae")
@@ -106,7 +117,7 @@ def opensora_v1_2_extend(defs, Builder):
     b.connect(new, 0, join, "next_video")
     _save(b, join, 4, "OpenSora/extended")
     b.note("Extends a video: its last 5 latent frames (17 frames) start the new clip; Join Clips drops the "
-           "repeated frames.", 1)
+           "repeated frames." + _input_note(EXAMPLE_CLIP), 1)
     return b
 
 
@@ -133,14 +144,14 @@ def opensora_v1_2_long_video(defs, Builder):
 def opensora_v1_2_v2v_edit(defs, Builder):
     b = Builder(defs)
     model, vae, cond, latent = _t2v_core(b, prompt="the same street, covered in snow")
-    src = b.add("OpenSoraLoadVideo", 1, video="none", path="", frame_cap=51)
+    src = b.add("OpenSoraLoadVideo", 1, video=EXAMPLE_CLIP, path="", frame_cap=51)
     ms = b.add("OpenSoraMaskStrategy", 2, mask_strategy="0,0,0,0,100,0.6", loop_index=0)
     b.connect(latent, 0, ms, "latent")
     b.connect(vae, 0, ms, "vae")
     b.connect(src, 0, ms, "reference_1")
     _save(b, _sample_decode(b, model, vae, cond, ms, 3), 4, "OpenSora/edit")
     b.note("Video-to-video editing: the source video is the reference for every latent frame with edit ratio "
-           "0.6 (lower keeps more of the source).", 1)
+           "0.6 (lower keeps more of the source)." + _input_note(EXAMPLE_CLIP), 1)
     return b
 
 
@@ -180,27 +191,28 @@ def cogvideox_t2v(defs, Builder):
 def cogvideox_i2v(defs, Builder):
     b = Builder(defs)
     model, vae, cond, latent = _cogvideox_core(b, "CogVideoX-5b-I2V", "the boat sails towards the lighthouse")
-    image = b.add("OpenSoraLoadVideo", 1, video="none", path="")
+    image = b.add("OpenSoraLoadVideo", 1, video=EXAMPLE_IMAGE, path="")
     ref = b.add("OpenSoraReferenceCondition", 2, reference_start=0, target_start=0, length=1, edit_ratio=0.0)
     b.connect(latent, 0, ref, "latent")
     b.connect(vae, 0, ref, "vae")
     b.connect(image, 0, ref, "reference")
     _cogvideox_sample(b, model, vae, cond, ref, 3)
     b.note("CogVideoX image-to-video: 5B-I2V (720x480, 49 frames) or 1.5-I2V (e.g. 1360x768, 81 frames). The "
-           "image is the first frame.", 1)
+           "image is the first frame." + _input_note(EXAMPLE_IMAGE), 1)
     return b
 
 
 def cogvideox_v2v(defs, Builder):
     b = Builder(defs)
     model, vae, cond, latent = _cogvideox_core(b, "CogVideoX-5b", "the same scene as an oil painting")
-    src = b.add("OpenSoraLoadVideo", 1, video="none", path="", frame_cap=49, resize="crop to size", width=720,
-                height=480)
+    src = b.add("OpenSoraLoadVideo", 1, video=EXAMPLE_CLIP, path="", frame_cap=49, resize="crop to size",
+                width=720, height=480)
     enc = b.add("OpenSoraVAEEncode", 2)
     b.connect(vae, 0, enc, "vae")
     b.connect(src, 0, enc, "images")
     _cogvideox_sample(b, model, vae, cond, enc, 3, denoise=0.8, scheduler="ddim")
-    b.note("CogVideoX video-to-video: the source (49 frames, 720x480) is encoded and re-noised to strength 0.8.", 1)
+    b.note("CogVideoX video-to-video: the source (49 frames, 720x480) is encoded and re-noised to strength 0.8."
+           + _input_note(EXAMPLE_CLIP), 1)
     return b
 
 
@@ -343,14 +355,14 @@ def opensora_v1_1_i2v(defs, Builder):
     b = Builder(defs)
     model, vae, cond, latent = _v1x_core(b, "OpenSora-STDiT-v2-stage3.safetensors", "opensora-v1.1",
                                          "the waves roll onto the beach at sunset", resolution="240p")
-    image = b.add("OpenSoraLoadVideo", 1, video="none", path="")
+    image = b.add("OpenSoraLoadVideo", 1, video=EXAMPLE_IMAGE, path="")
     ref = b.add("OpenSoraReferenceCondition", 2, reference_start=0, target_start=0, length=1, edit_ratio=0.0)
     b.connect(latent, 0, ref, "latent")
     b.connect(vae, 0, ref, "vae")
     b.connect(image, 0, ref, "reference")
     _iddpm_sample(b, model, vae, cond, ref, 3, fps=24.0)
     b.note("Open-Sora 1.1 image-to-video: the image is the first frame (mask_strategy '0'); the SD VAE has no "
-           "temporal compression, so one latent frame is one video frame.", 1)
+           "temporal compression, so one latent frame is one video frame." + _input_note(EXAMPLE_IMAGE), 1)
     return b
 
 
@@ -382,7 +394,7 @@ def _v2_images(b, latent, vae, col, targets, shared_image=False):
     image = None
     for i, target in enumerate(targets):
         if image is None or not shared_image:
-            image = b.add("OpenSoraLoadVideo", col, video="none", path="")
+            image = b.add("OpenSoraLoadVideo", col, video=EXAMPLE_LAST if i else EXAMPLE_IMAGE, path="")
         ref = b.add("OpenSoraReferenceCondition", col + 1 + i, reference_start=0, target_start=target, length=1,
                     edit_ratio=0.0)
         b.connect(latent, 0, ref, "latent")
@@ -418,7 +430,7 @@ def opensora_v2_0_i2v(defs, Builder):
     latent = _v2_images(b, latent, vae, 1, [0])
     _v2_sample_save(b, model, vae, cond, latent, 3, "OpenSora/v2_i2v")
     b.note("Open-Sora 2.0 image-to-video (i2v_head): the image is the first latent frame; guidance_img pulls "
-           "toward it, rising along the video.", 1)
+           "toward it, rising along the video." + _input_note(EXAMPLE_IMAGE), 1)
     return b
 
 
@@ -428,7 +440,7 @@ def opensora_v2_0_first_last(defs, Builder):
     latent = _v2_images(b, latent, vae, 1, [0, -1])
     _v2_sample_save(b, model, vae, cond, latent, 4, "OpenSora/v2_first_last")
     b.note("Open-Sora 2.0 first + last frame: one image at the start, another at the end (i2v_loop with two "
-           "references).", 1)
+           "references)." + _input_note(EXAMPLE_IMAGE, EXAMPLE_LAST), 1)
     return b
 
 
@@ -438,7 +450,7 @@ def opensora_v2_0_loop(defs, Builder):
     latent = _v2_images(b, latent, vae, 1, [0, -1], shared_image=True)
     _v2_sample_save(b, model, vae, cond, latent, 4, "OpenSora/v2_loop")
     b.note("Open-Sora 2.0 loop (i2v_loop): the same image first and last, so the video comes back to where it "
-           "starts.", 1)
+           "starts." + _input_note(EXAMPLE_IMAGE), 1)
     return b
 
 
@@ -486,6 +498,10 @@ def demo_examples():
 
     scenes = {"blue_square.png": clips.Scene("blue", "square", "right", "gray", x=20.0, y=30.0, half=9.0),
               "yellow_triangle.png": clips.Scene("yellow", "triangle", "up", "black", x=32.0, y=40.0, half=9.0)}
+    # and the example clip of the extension / editing / conversion workflows: 51 frames, the longest they read
+    clip = clips.Scene("red", "circle", "growing", "black", x=32.0, y=32.0, half=5.0)
+    frames = ((clips.render(clip, 51) + 1) / 2).permute(1, 2, 3, 0)
+    video_io.write_video(os.path.join(HERE, "..", "demo", "examples", "red_circle.mp4"), frames, 24.0, crf=17)
     for name, scene in scenes.items():
         frame = ((clips.render(scene, 1) + 1) / 2).permute(1, 2, 3, 0)  # [1, H, W, 3]
         tmp = os.path.join(HERE, "..", "demo", "examples", name + ".dir")
@@ -494,12 +510,55 @@ def demo_examples():
         os.rmdir(tmp)
 
 
+# The template browser shows <name>.jpg beside each workflow: a card with the family, the task and its settings.
+THUMBNAILS = {
+    "video_convert": ("Video", "convert a video", "mp4 / webm / gif / webp / png frames"),
+    "cogvideox_t2v": ("CogVideoX", "text to video", "2B / 5B / 1.5 · 720x480 · 49 frames · DPM 50"),
+    "cogvideox_i2v": ("CogVideoX", "image to video", "5B-I2V / 1.5-I2V · the image is frame 0"),
+    "cogvideox_v2v": ("CogVideoX", "video to video", "re-noised to 0.8 · DDIM 50"),
+    "opensora_v1.0_t2v": ("Open-Sora 1.0", "text to video", "STDiT · 16 frames · IDDPM 100"),
+    "opensora_v1.1_t2v": ("Open-Sora 1.1", "text to video", "STDiT2 · 240p · 16 frames · IDDPM 100"),
+    "opensora_v1.1_i2v": ("Open-Sora 1.1", "image to video", "STDiT2 · the image is frame 0"),
+    "opensora_v1.2_t2v": ("Open-Sora 1.2", "text to video", "STDiT3 · 240p · 51 frames · rflow 30"),
+    "opensora_v1.2_i2v": ("Open-Sora 1.2", "image to video", "mask_strategy 0 · rflow 30"),
+    "opensora_v1.2_extend": ("Open-Sora 1.2", "extend a video", "5 latent frames carried over · join clips"),
+    "opensora_v1.2_long_video": ("Open-Sora 1.2", "long video", "three clips, each continuing the last"),
+    "opensora_v1.2_v2v_edit": ("Open-Sora 1.2", "edit a video", "the source at edit ratio 0.6"),
+    "opensora_v2.0_t2v_256px": ("Open-Sora 2.0", "text to video", "11B MMDiT · 256px · 129 frames"),
+    "opensora_v2.0_t2v_768px": ("Open-Sora 2.0", "text to video", "11B MMDiT · 768px · 129 frames"),
+    "opensora_v2.0_i2v": ("Open-Sora 2.0", "image to video", "image guidance 3, rising along the video"),
+    "opensora_v2.0_first_last": ("Open-Sora 2.0", "first + last frame", "two images, the video between"),
+    "opensora_v2.0_loop": ("Open-Sora 2.0", "loop", "the same image first and last"),
+    "opensora_v2.0_t2i2v": ("Open-Sora 2.0", "text to image to video", "FLUX.1-dev draws frame 0"),
+    "demo_t2v": ("Demo model", "text to video", "bundled · 64x64 · 17 frames · seconds on a CPU"),
+    "demo_i2v": ("Demo model", "image to video", "bundled · 64x64 · 17 frames"),
+    "demo_extend": ("Demo model", "extend a clip", "bundled · 64x64 · 34 frames"),
+    "demo_loop": ("Demo model", "loop", "bundled · 64x64 · 18 frames"),
+}
+
+
+def thumbnail(path, family, task, detail, size=(512, 384)):
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("RGB", size, (24, 26, 34))
+    draw = ImageDraw.Draw(img)
+    for x in range(0, size[0], 32):  # a film strip along the top and the bottom
+        for y in (8, size[1] - 24):
+            draw.rectangle([x + 8, y, x + 24, y + 14], fill=(60, 64, 80))
+    draw.text((32, 70), family, font=ImageFont.load_default(size=30), fill=(150, 170, 255))
+    draw.text((32, 130), task, font=ImageFont.load_default(size=46), fill=(240, 240, 245))
+    draw.text((32, 230), detail, font=ImageFont.load_default(size=20), fill=(170, 175, 190))
+    draw.text((32, 300), "ComfyUI-OpenSora", font=ImageFont.load_default(size=18), fill=(110, 115, 135))
+    img.save(path, quality=88)
+
+
 def main():
     defs, Builder = _pack()
     demo_examples()
     for name, fn in WORKFLOWS.items():
         fn(defs, Builder).save(os.path.join(HERE, f"{name}.json"), name)
-        print(f"wrote workflows/{name}.json")
+        thumbnail(os.path.join(HERE, f"{name}.jpg"), *THUMBNAILS[name])
+        print(f"wrote workflows/{name}.json and .jpg")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 // ComfyUI-OpenSora frontend extension: checks mask_strategy strings as they are typed, so a malformed
 // strategy shows on the node before a run fails on it. The syntax mirrors models/mask_strategy.py.
-import { app } from "../../scripts/app.js";
+// Served at /extensions/<pack folder>/js/opensora.js: three levels up is the web root, for any folder name.
+import { app } from "../../../scripts/app.js";
 
 const GROUP = /^\s*-?\d+(\s*,\s*-?\d+){0,4}(\s*,\s*(0|1|0?\.\d+|1\.0*))?\s*$/;
 
