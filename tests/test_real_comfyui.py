@@ -85,6 +85,7 @@ def comfyui(tmp_path_factory):
     # ComfyUI's own tokenizers, where it ships them: the loader finds them only through the comfy package
     for model, bundled in ((TINY_FILES["text_encoder"], "comfy/text_encoders/t5_tokenizer"),
                            (TINY_FILES_V2["clip"], "comfy/sd1_tokenizer")):
+        (root / bundled).parent.mkdir(parents=True, exist_ok=True)
         os.replace(str(models / os.path.splitext(model)[0]) + "_tokenizer", root / bundled)
     (root / "user" / "default").mkdir(parents=True)
     (root / "user" / "default" / "comfy.settings.json").write_text(json.dumps(SETTINGS))
@@ -92,6 +93,7 @@ def comfyui(tmp_path_factory):
     log = open(root / "server.log", "w")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OPENSORA_MODELS_DIR")}
     proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                             "--preview-method", "auto",
                              "--base-directory", str(root), "--core-object-info",
                              os.path.join(golden_root(), "comfy_frontend", "object_info_0.3.64.json")], cwd=root, stdout=log, stderr=subprocess.STDOUT,
                             env=env)
@@ -134,6 +136,9 @@ def page(comfyui):
               and pg.problems.append(f"console error: {m.text}"))
         pg.on("response", lambda r: r.status >= 400 and "/extensions/" in r.url
               and pg.problems.append(f"HTTP {r.status}: {r.url}"))
+        pg.previews = []  # binary websocket frames: the latent previews the samplers send
+        pg.on("websocket", lambda ws: ws.on("framereceived", lambda frame: isinstance(frame, bytes)
+                                             and pg.previews.append(len(frame))))
         pg.goto(comfyui["url"])
         pg.wait_for_function("window.app?.graph && window.app.extensionManager", timeout=120_000)
         pg.wait_for_load_state("networkidle")
@@ -177,6 +182,54 @@ def test_pack_imports_and_its_extension_loads(comfyui, page):
     assert all((comfyui["root"] / "input" / name).is_file() for name in EXAMPLE_INPUTS)
 
 
+def _queue(page, workflow, changes=()):
+    """Load a UI workflow in the frontend, set widget values ([node id, widget, value]), press Run; returns the
+    POST /api/prompt response."""
+    page.evaluate("async (workflow) => { await app.loadGraphData(workflow); }", workflow)
+    page.evaluate("""(changes) => {
+        for (const [id, name, value] of changes) {
+            app.graph.getNodeById(Number(id)).widgets.find(w => w.name === name).value = value;
+        }
+    }""", list(changes))
+    with page.expect_response(lambda r: r.url.endswith("/api/prompt") and r.request.method == "POST") as posted:
+        page.evaluate("app.queuePrompt(0, 1)")
+    return posted.value
+
+
+def _history(comfyui, prompt_id, timeout=600):
+    deadline = time.time() + timeout
+    while not (history := _get(f"{comfyui['url']}/api/history/{prompt_id}")):
+        assert time.time() < deadline, f"prompt {prompt_id} did not finish in {timeout} s"
+        time.sleep(0.2)
+    return history[prompt_id]
+
+
+def test_cancel_stops_sampling_and_leaves_no_file(comfyui, page):
+    """The queue's Cancel (POST /interrupt) stops the sampler between steps; nothing is saved. Latent previews
+    reach the page while it samples."""
+    page.problems.clear()
+    page.previews.clear()
+    workflow = json.load(open(os.path.join(REPO_ROOT, "workflows", "demo_t2v.json")))
+    sampler = next(n["id"] for n in workflow["nodes"] if n["type"] == "OpenSoraSampler")
+    save = next(n["id"] for n in workflow["nodes"] if n["type"] == "OpenSoraSaveVideo")
+    before = set(glob.glob(str(comfyui["root"] / "output" / "**" / "*"), recursive=True))
+    response = _queue(page, workflow, [[sampler, "steps", 1000], [save, "filename_prefix", "cancelled/run"]])
+    assert response.status == 200
+    deadline = time.time() + 120
+    while not page.previews:  # sampling has started
+        assert time.time() < deadline, "no latent preview reached the page"
+        page.wait_for_timeout(100)
+    cancelled = time.time()
+    urllib.request.urlopen(urllib.request.Request(comfyui["url"] + "/api/interrupt", method="POST"), timeout=30)
+    entry = _history(comfyui, response.json()["prompt_id"], timeout=60)
+    stopped_after = time.time() - cancelled
+    events = [event for event, _ in entry["status"]["messages"]]
+    assert entry["status"]["status_str"] == "error" and "execution_interrupted" in events, events
+    assert stopped_after < 10, f"took {stopped_after:.1f} s to stop"
+    assert set(glob.glob(str(comfyui["root"] / "output" / "**" / "*"), recursive=True)) == before
+    assert not page.problems, "\n".join(page.problems)
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[os.path.basename(p) for p in WORKFLOWS])
 def test_shipped_workflow_runs_in_comfyui(path, comfyui, page):
     name = os.path.basename(path)
@@ -191,28 +244,18 @@ def test_shipped_workflow_runs_in_comfyui(path, comfyui, page):
         prepare(wanted, None, name, COGVIDEOX.get(name))
     changes = [[nid, key, value] for nid, node in wanted.items() for key, value in node["inputs"].items()
                if shipped[nid]["inputs"].get(key) != value]
-    page.evaluate("""(changes) => {
-        for (const [id, name, value] of changes) {
-            app.graph.getNodeById(Number(id)).widgets.find(w => w.name === name).value = value;
-        }
-    }""", changes)
-    with page.expect_response(lambda r: r.url.endswith("/api/prompt") and r.request.method == "POST") as posted:
-        page.evaluate("app.queuePrompt(0, 1)")
-    response = posted.value
+    response = _queue(page, json.load(open(path)), changes)
     body = response.request.post_data_json
     assert body["prompt"] == wanted, "the frontend posted another prompt than the widgets say"
     assert body["extra_data"]["extra_pnginfo"]["workflow"]["nodes"]
     answer = response.json()
     assert response.status == 200 and not answer["node_errors"], json.dumps(answer, indent=1)
-    prompt_id, deadline = answer["prompt_id"], time.time() + 600
-    while not (history := _get(f"{comfyui['url']}/api/history/{prompt_id}")):
-        assert time.time() < deadline, f"{name} did not finish in 600 s"
-        time.sleep(0.5)
-    status = history[prompt_id]["status"]
+    entry = _history(comfyui, answer["prompt_id"])
+    status = entry["status"]
     errors = [data for event, data in status["messages"] if event == "execution_error"]
     assert status["status_str"] == "success", json.dumps(errors, indent=1)[:5000]
     saved = [comfyui["root"] / "output" / image["subfolder"] / image["filename"]
-             for out in history[prompt_id]["outputs"].values() for image in out.get("images", [])]
+             for out in entry["outputs"].values() for image in out.get("images", [])]
     assert len(saved) == 1 and saved[0].is_file()
     video = video_io.read_video(str(saved[0]))
     if not name.startswith("demo_"):
