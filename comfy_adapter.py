@@ -313,27 +313,15 @@ def soft_empty_cache():
         torch.cuda.empty_cache()
 
 
-def _comfy_package_dirs() -> list[str]:
-    """The folders of ComfyUI's `comfy` package. Since 0.3.6x `comfy/` has no __init__.py: a namespace package,
-    whose __file__ is None, so its folders come from __path__ (or, failing that, from a module inside it)."""
-    import comfy  # type: ignore
-
-    roots = [p for p in getattr(comfy, "__path__", None) or [] if isinstance(p, str)]
-    if getattr(comfy, "__file__", None):
-        roots.append(os.path.dirname(comfy.__file__))
-    if _comfy_utils is not None and getattr(_comfy_utils, "__file__", None):
-        roots.append(os.path.dirname(_comfy_utils.__file__))
-    return list(dict.fromkeys(os.path.abspath(r) for r in roots))
-
-
 def bundled_tokenizer_dirs(name: str = "t5_tokenizer") -> list[str]:
     """Tokenizer folders ComfyUI ships (comfy/text_encoders/<name> for T5, comfy/sd1_tokenizer for CLIP-L), a
     fallback when none sits by the model. Empty outside ComfyUI or when this ComfyUI has none."""
     if not IN_COMFY:
         return []
-    try:
-        roots = _comfy_package_dirs()
-    except ImportError:
-        return []
+    import comfy  # type: ignore
+
+    # Since 0.3.6x comfy/ has no __init__.py: a namespace package, whose __file__ is None. __path__ holds the
+    # package folder(s) for a namespace and a regular package alike.
+    roots = dict.fromkeys(os.path.abspath(p) for p in comfy.__path__)
     paths = [p for root in roots for p in (os.path.join(root, "text_encoders", name), os.path.join(root, name))]
-    return [p for p in dict.fromkeys(paths) if os.path.isdir(p)]
+    return [p for p in paths if os.path.isdir(p)]

@@ -128,9 +128,8 @@ def _source(video, path) -> tuple[str, str]:
             return "path", in_pack
         return "path", os.path.abspath(path)
     target = os.path.join(comfy_adapter.input_directory(), video or "")
-    if not os.path.exists(target) and comfy_adapter.example_input(video):
-        return "video", comfy_adapter.example_input(video)
-    return "video", target
+    example = comfy_adapter.example_input(video)
+    return "video", example if example and not os.path.exists(target) else target
 
 
 def _check_source(video, path) -> tuple[str, str]:
