@@ -7,6 +7,7 @@ Nothing else in the pack imports ComfyUI.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -286,6 +287,22 @@ class Progress:
     def close(self):
         if self._bar is not None:
             self._bar.close()
+
+
+@contextlib.contextmanager
+def progress_per_call(module: torch.nn.Module, total: int, desc: str):
+    """A progress bar (and cancellation check) that advances each time `module` runs; total 0: none. For VAEs
+    whose tiling loops live inside the model: the model stays free of progress plumbing."""
+    if not total:
+        yield
+        return
+    bar = Progress(total, desc=desc)
+    handle = module.register_forward_hook(lambda *_: bar.update())
+    try:
+        yield
+    finally:
+        handle.remove()
+        bar.close()
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,7 +40,13 @@ def _coerce(value: str, input_spec):
     """A --set value as the input's declared type, so `--set seed=7` is an INT and `--set prompt=123` a STRING."""
     kind = input_spec[0] if input_spec else None
     if kind == "INT":
-        return int(float(value))
+        try:  # exactly: through float, seeds past 2**53 would change and the maximum seed overflow the max
+            return int(value.strip().replace("_", ""), 0)
+        except ValueError:
+            number = float(value)  # 1e3 or 7.0 are integers too; 7.5 is not
+            if not number.is_integer():
+                raise ValueError(f"'{value}' is not an integer") from None
+            return int(number)
     if kind == "FLOAT":
         return float(value)
     if kind == "BOOLEAN":

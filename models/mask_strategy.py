@@ -97,3 +97,18 @@ def apply_conditions(z: torch.Tensor, conditions: list, align: int | None = None
         for row in range(z.shape[0]):
             place_reference(z, mask, row, entry, ref, align)
     return z, mask
+
+
+def conditions_mask(z: torch.Tensor, info: dict, denoise: float, x0: torch.Tensor):
+    """(z, mask) for the mask-strategy samplers: the references the condition nodes placed on the latent, and
+    denoise < 1 as video-to-video (free frames start from the input latent, re-noised at t = denoise, exactly
+    how an edit ratio works)."""
+    mask = None
+    if info.get("conditions"):
+        z, mask = apply_conditions(z, info["conditions"], align=info.get("align"))
+    if denoise < 1.0:
+        mask = torch.ones(z.shape[0], z.shape[2]) if mask is None else mask
+        free = mask >= 1
+        z = torch.where(free[:, None, :, None, None], x0, z)
+        mask = torch.where(free, torch.full_like(mask, denoise), mask)
+    return z, mask

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .. import comfy_adapter
 from . import tiling
 from .checkpoint import build_strict
 from .layers import attention
@@ -267,6 +268,25 @@ class VideoAutoencoderKL(nn.Module):
 
     def decode(self, z, num_frames: int | None = None, tile: int = 0, overlap: int = 0):
         return decode_frames(self.module, z, self.micro_batch_size, tile, overlap, self.scale, self.shift)
+
+    # -- the pack's VAE interface (pipeline.VideoVAE) ------------------------------------------
+    def encode_video(self, x):
+        """Posterior means, frame by frame: deterministic."""
+        return self.encode(x)
+
+    def decode_video(self, z, num_frames: int, temporal_chunk: int = 0, temporal_overlap: int = 0,
+                     spatial_tile: int = 0, spatial_overlap: int = 64):
+        """Frames are independent images: decoded temporal_chunk at a time (16 by default) into a float32 CPU
+        video, so device memory follows the slice, not the video; spatial tiles as decode_frames blends them."""
+        r = self.spatial_ratio
+        tile, overlap = (spatial_tile // r, max(0, spatial_overlap) // r) if spatial_tile >= r else (0, 0)
+        step = temporal_chunk or 16
+        bar = comfy_adapter.Progress(-(-z.shape[2] // step), desc="decoding")
+        frames = []
+        for i in range(0, z.shape[2], step):
+            frames.append(self.decode(z[:, :, i:i + step], tile=tile, overlap=overlap).float().cpu())
+            bar.update()
+        return torch.cat(frames, dim=2)
 
 
 _OLD_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}

@@ -11,9 +11,12 @@ chunks; CogVideoX carries a conv cache) chunk time themselves and use only the s
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import torch
+
+from .errors import InputError
 
 
 def window_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -100,3 +103,35 @@ def tiled_time(fn, chunk: int, overlap: int, ratio: int = 1, out_device="cpu"):
     """Temporal chunks over axis -3 of [B, C, T, H, W] sharing `overlap` latent frames, cross-faded. The
     output accumulates on the CPU by default, so the device holds one chunk whatever the video length."""
     return tiled(fn, {-3: (chunk, overlap, ratio)}, out_device)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The node's tile inputs for VAEs that tile with the original's own code (Open-Sora 2.0's)
+# --------------------------------------------------------------------------------------------------------------
+def check_window_inputs(ratio: int, temporal_chunk: int, spatial_tile: int, spatial_overlap: int):
+    """OpenSora VAE Decode's inputs as Open-Sora 2.0's VAEs take them: spatial_tile px and temporal_chunk latent
+    frames set the window sizes, and spatial_overlap / spatial_tile is the original's tile_overlap_factor, shared
+    by space and time. 0 keeps the released windows."""
+    if spatial_tile % ratio:
+        raise InputError("spatial_tile", f"{spatial_tile} px is not a multiple of this VAE's {ratio} px latent cells",
+                         f"use a multiple of {ratio}, or 0 for the released 256 px tiles")
+    if spatial_tile and (spatial_overlap % ratio or not 0 <= spatial_overlap < spatial_tile):
+        raise InputError("spatial_overlap", f"{spatial_overlap} px does not fit tiles of {spatial_tile} px in "
+                         f"{ratio} px latent cells", f"use a multiple of {ratio} below spatial_tile (a quarter of "
+                         f"it, {spatial_tile // 4 // ratio * ratio}, as released)")
+    if temporal_chunk == 1:
+        raise InputError("temporal_chunk", "Open-Sora 2.0's VAEs blend neighbouring time windows, so a window "
+                         "needs at least 2 latent frames", "use 0 (the VAE's default) or 2 and more")
+
+
+@contextlib.contextmanager
+def overridden(net, settings: dict):
+    """net's tiling attributes set to `settings` for one call, the released ones restored after."""
+    saved = {k: getattr(net, k) for k in settings}
+    for k, v in settings.items():
+        setattr(net, k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(net, k, v)

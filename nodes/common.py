@@ -1,6 +1,8 @@
 """Small helpers shared by the node classes: model lists, input validation messages, tensor layout."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import comfy_adapter
@@ -14,6 +16,31 @@ class NodeInputError(ValueError):
 
     def __init__(self, node: str, input_name: str, problem: str, fix: str):
         super().__init__(f"{node}: input '{input_name}': {problem}. Fix: {fix}")
+
+
+def check_floats(node: str, cls, **values) -> bool | str:
+    """VALIDATE_INPUTS for FLOAT inputs: True, or the message of the first bad one. ComfyUI lets NaN and inf through
+    its min / max check (every comparison with NaN is false), and cfg=NaN would run the whole workflow into a
+    black video. Naming an input in VALIDATE_INPUTS makes ComfyUI skip its own range check, so this does both.
+    A linked input arrives as None: it is known only when the workflow runs."""
+    spec = cls.INPUT_TYPES()
+    spec = {**spec.get("required", {}), **spec.get("optional", {})}
+    for name, value in values.items():
+        if value is None:
+            continue
+        opts = spec[name][1]
+        lo, hi = opts.get("min"), opts.get("max")
+        problem = None
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            problem = f"{value} is not a finite number"
+        elif lo is not None and value < lo:
+            problem = f"{value} is below the minimum {lo}"
+        elif hi is not None and value > hi:
+            problem = f"{value} is above the maximum {hi}"
+        if problem:
+            return str(NodeInputError(node, name, problem, f"set a number from {lo} to {hi} (default "
+                                                           f"{opts.get('default')})"))
+    return True
 
 
 def model_choices(kind: str, with_dirs: bool = True) -> list[str]:

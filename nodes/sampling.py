@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..models import pipeline
-from .common import CATEGORY, NodeInputError, images_to_video
+from .common import CATEGORY, NodeInputError, check_floats, images_to_video
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -79,6 +79,10 @@ class OpenSoraReferenceCondition:
                                                 "from noise level r on (video editing strength)."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, edit_ratio=None):
+        return check_floats("OpenSoraReferenceCondition", cls, edit_ratio=edit_ratio)
+
     def condition(self, latent, vae, reference, reference_start, target_start, length, edit_ratio):
         return (_checked("OpenSoraReferenceCondition", pipeline.add_reference, latent, vae, images_to_video(reference),
                          reference_start, target_start, length, edit_ratio),)
@@ -143,6 +147,10 @@ class OpenSoraExtendVideo:
             "condition_frame_edit": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
                                                "tooltip": "Edit ratio of the carried frames (0 = keep them)."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, condition_frame_edit=None):
+        return check_floats("OpenSoraExtendVideo", cls, condition_frame_edit=condition_frame_edit)
 
     def condition(self, latent, vae, previous_video, condition_frame_length, condition_frame_edit):
         return (_checked("OpenSoraExtendVideo", pipeline.add_reference, latent, vae, images_to_video(previous_video),
@@ -245,6 +253,11 @@ class OpenSoraSampler:
                                          "tooltip": "Open-Sora 2.0: the schedule's shift; 0 = from resolution and "
                                                     "length, as released."}),
             }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, cfg=None, denoise=None, guidance_img=None, flow_shift=None):
+        return check_floats("OpenSoraSampler", cls, cfg=cfg, denoise=denoise, guidance_img=guidance_img,
+                            flow_shift=flow_shift)
 
     def sample(self, model, positive, latent, seed, steps, cfg, scheduler, denoise, fps, negative=None,
                dynamic_cfg=False, guidance_img=3.0, guidance_oscillation=True, temporal_image_guidance=True,

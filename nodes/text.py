@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..models import pipeline
-from .common import CATEGORY
+from .common import CATEGORY, check_floats
 from .sampling import _checked
 
 CAMERA_MOTIONS = ["none", "static", "pan right", "pan left", "tilt up", "tilt down", "zoom in", "zoom out"]
@@ -46,6 +46,10 @@ class OpenSoraTextEncode:
             "clip": ("OPENSORA_TEXT_ENCODER", {"tooltip": "CLIP-L (clip_l.safetensors) from OpenSora Text Encoder "
                                                           "Loader: Open-Sora 2.0 needs its pooled vector."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, aesthetic_score=None, motion_score=None):
+        return check_floats("OpenSoraTextEncode", cls, aesthetic_score=aesthetic_score, motion_score=motion_score)
 
     def encode(self, text_encoder, prompt, family, aesthetic_score, motion_score, camera_motion, offload, clip=None):
         cond = _checked("OpenSoraTextEncode", pipeline.encode_text, text_encoder, prompt, family,

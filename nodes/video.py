@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from .. import comfy_adapter, video_io
-from .common import CATEGORY, NodeInputError
+from .common import CATEGORY, NodeInputError, check_floats
 
 NO_FILE = "none"
 _PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,12 +56,13 @@ class OpenSoraSaveVideo:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, format=None, pixel_format=None):
+    def VALIDATE_INPUTS(cls, format=None, pixel_format=None, fps=None):
         """Refuse an impossible format / pixel format pair before the workflow runs, not after sampling.
         (Naming them here makes ComfyUI skip its own list check for both: check_save_options does it. crf keeps
         ComfyUI's 0-63 check; its 51 limit for mp4 is checked when saving. A linked input arrives as None.)"""
-        if format is None or pixel_format is None:
-            return True
+        floats = check_floats("OpenSoraSaveVideo", cls, fps=fps)
+        if floats is not True or format is None or pixel_format is None:
+            return floats
         try:
             video_io.check_save_options(format, pixel_format)
         except video_io.VideoIOError as e:
@@ -191,9 +192,10 @@ class OpenSoraLoadVideo:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, video=None, path=""):
-        if video is None or path is None:  # a linked input: known only when the workflow runs
-            return True
+    def VALIDATE_INPUTS(cls, video=None, path="", force_fps=None):
+        floats = check_floats("OpenSoraLoadVideo", cls, force_fps=force_fps)
+        if floats is not True or video is None or path is None:  # a linked input: known only when the workflow runs
+            return floats
         try:
             _check_source(video, path)
         except NodeInputError as e:

@@ -95,3 +95,43 @@ def test_repeat_advances_seed_controls(tmp_path, capsys):
     assert rc == 0 and len(files) == 2
     seeds = [video_io.read_metadata(f)["prompt"]["6"]["inputs"]["seed"] for f in files]
     assert seeds == [5, 6]
+
+
+def test_set_parses_integers_exactly():
+    """--set INT values are read as integers, not through float: the sampler's maximum seed (2**64 - 1) and
+    seeds past 2**53 stay what was typed; 1e3 and 7.0 are integers, 7.5 and nan are not."""
+    from comfyui_opensora.harness.cli import _coerce
+
+    spec = ("INT", {"min": 0, "max": 0xFFFFFFFFFFFFFFFF})
+    assert _coerce("18446744073709551615", spec) == 2 ** 64 - 1
+    assert _coerce("9007199254740993", spec) == 2 ** 53 + 1
+    assert _coerce(" 0x10 ", spec) == 16 and _coerce("1_000", spec) == 1000
+    assert _coerce("007", spec) == 7 and _coerce("1e3", spec) == 1000 and _coerce("7.0", spec) == 7
+    for bad in ("7.5", "nan", "inf", "seven"):
+        with pytest.raises(ValueError):
+            _coerce(bad, spec)
+
+
+def test_non_finite_floats_are_refused_at_validation(tmp_path, capsys):
+    """cfg=NaN got through ComfyUI's min / max check (comparisons with NaN are false) and saved a black video;
+    now the prompt is refused before anything runs, inside ComfyUI (VALIDATE_INPUTS) and headless alike."""
+    rc = main(["run", os.path.join(WORKFLOWS, "demo_t2v.json"), "--set", "cfg=nan", "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert "OpenSoraSampler: input 'cfg': nan is not a finite number" in err
+    assert not os.listdir(tmp_path)
+
+
+def test_float_checks_keep_the_range_checks_they_replace():
+    from comfyui_opensora.nodes.sampling import OpenSoraReferenceCondition, OpenSoraSampler
+    from comfyui_opensora.nodes.video import OpenSoraLoadVideo, OpenSoraSaveVideo
+
+    assert OpenSoraSampler.VALIDATE_INPUTS(cfg=7.0, denoise=1.0, guidance_img=3.0, flow_shift=0.0) is True
+    assert OpenSoraSampler.VALIDATE_INPUTS(cfg=None, denoise=float("nan")).startswith(
+        "OpenSoraSampler: input 'denoise': nan is not a finite number")
+    assert "input 'cfg': 31.0 is above the maximum 30.0" in OpenSoraSampler.VALIDATE_INPUTS(cfg=31.0)
+    assert "input 'guidance_img': 0.5 is below the minimum 1.0" in OpenSoraSampler.VALIDATE_INPUTS(guidance_img=0.5)
+    assert "input 'edit_ratio': inf" in OpenSoraReferenceCondition.VALIDATE_INPUTS(edit_ratio=float("inf"))
+    assert "input 'fps': nan" in OpenSoraSaveVideo.VALIDATE_INPUTS(format="mp4", pixel_format="yuv420p",
+                                                                     fps=float("nan"))
+    assert "input 'force_fps': -1.0 is below" in OpenSoraLoadVideo.VALIDATE_INPUTS(video="x.mp4", force_fps=-1.0)

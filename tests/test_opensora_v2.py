@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from comfyui_opensora.models import pipeline, rflow_v2, tiny
-from comfyui_opensora.models.opensora import buckets
+from comfyui_opensora.models.opensora import buckets, v2_0
 from comfyui_opensora.models.opensora.mmdit import MMDiT, image_ids, load_mmdit, pack
 from comfyui_opensora.models.text_encoders import CLIP_TOKENIZER_FILES, clip_pooled, find_tokenizer, load_clip
 
@@ -64,8 +64,8 @@ def test_flux_fused_layout_loads_as_split():
 
 
 def test_prompt_suffix_and_buckets():
-    assert pipeline.opensora_v2_prompt("a cat") == "a cat. 24 FPS. 4 motion score."  # spec 5.4
-    assert pipeline.opensora_v2_prompt("a cat.", motion_score=7) == "a cat. 24 FPS. 7 motion score."
+    assert v2_0.prompt_text("a cat") == "a cat. 24 FPS. 4 motion score."  # spec 5.4
+    assert v2_0.prompt_text("a cat.", motion_score=7) == "a cat. 24 FPS. 7 motion score."
     # spec 6: inference sizes of 2.0's buckets
     for res, ar, hw in (("256px", "16:9", (192, 336)), ("256px", "9:16", (336, 192)), ("256px", "1:1", (256, 256)),
                         ("256px", "2.39:1", (160, 384)), ("768px", "16:9", (576, 1024)),
@@ -122,7 +122,7 @@ def test_reference_nodes_build_the_original_cond_types(models, cond_type, placed
     for reference_start, target_start in placed:
         latent = pipeline.add_reference(latent, vae, video, reference_start, target_start, length, 0.0)
     z = latent["samples"]
-    masks, masked_ref, image_cond = pipeline._v2_conditions(z, latent["opensora"]["conditions"])
+    masks, masked_ref, image_cond = v2_0.reference_conditions(z, latent["opensora"]["conditions"])
     expected = rflow_v2.condition(z, cond_type, [[pipeline.encode_reference(vae, video, 64, 96)]])
     assert torch.equal(masks, expected[0]) and torch.equal(masked_ref, expected[1])
     assert image_cond == cond_type.startswith("i2v")

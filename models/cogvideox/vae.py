@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import comfy_adapter
+from ..errors import InputError
+
 # Latent scale per variant (the VAE is the same for all of them); 1.5's I2V divides the image latent by it.
 SCALING = {"2b": 1.15258426, "5b": 0.7, "5b_i2v": 0.7, "1.5": 0.7, "1.5_i2v": 0.7}
 ENCODE_FRAMES, DECODE_LATENTS = 8, 2
@@ -335,6 +338,47 @@ class CogVideoXVAE(nn.Module):
 
     def decode(self, z, tiling: Tiling | None = None):
         return torch.cat(list(self.decode_chunks(z, tiling=tiling)), dim=2)
+
+    # -- the pack's VAE interface (pipeline.VideoVAE) ------------------------------------------
+    def latent_frames(self, num_frames: int) -> int:
+        return (num_frames - 1) // 4 + 1
+
+    def check_num_frames(self, num_frames: int):
+        """(problem, fix) unless the causal VAE can take num_frames (4k+1), else None."""
+        if (num_frames - 1) % 4:
+            return (f"{num_frames} frames is not 4k+1, which the CogVideoX VAE needs",
+                    f"use {4 * ((num_frames - 1) // 4) + 1} or {4 * ((num_frames - 1) // 4 + 1) + 1}")
+        return None
+
+    def encoder_runs(self, shape) -> tuple[nn.Module, int]:
+        """The encoder and how many frame chunks an untiled encode of a [B, 3, F, H, W] video runs it on."""
+        return self.encoder, len(frame_chunks(shape[2], ENCODE_FRAMES))
+
+    def encode_video(self, x):
+        """The posterior mean, unscaled (the family scales around the transformer)."""
+        return self.encode_moments(x)[0]
+
+    def decode_video(self, z, num_frames: int, temporal_chunk: int = 0, temporal_overlap: int = 0,
+                     spatial_tile: int = 0, spatial_overlap: int = 64):
+        """Into a float32 CPU video. Temporal chunks carry the conv cache, so they need no overlap; the chunk size
+        (2 latents in the reference) sets GroupNorm's statistics, so 0 keeps the reference's. Spatial tiles are
+        diffusers' own (enable_tiling with this tile size and overlap): each tile keeps its conv cache, seams
+        blend as there."""
+        batch = temporal_chunk or DECODE_LATENTS
+        grid = None
+        if spatial_tile:
+            r = self.spatial_ratio
+            if spatial_tile % r or spatial_overlap % r or spatial_overlap >= spatial_tile:
+                raise InputError("spatial_overlap", f"CogVideoX tiles need a tile ({spatial_tile}) and overlap "
+                                 f"({spatial_overlap}) in multiples of {r} px, the overlap below the tile",
+                                 f"use multiples of {r}, e.g. 256 and 64")
+            grid = Tiling.from_pixels(spatial_tile, spatial_overlap, r)
+        bar = comfy_adapter.Progress(len(self.chunks(z.shape[2], batch)), desc="decoding")
+        frames = []
+        for i, chunk in enumerate(self.decode_chunks(z, batch, tiling=grid)):
+            frames.append(chunk.float().cpu())
+            bar.update_absolute(i + 1)
+        return torch.cat(frames, dim=2)
 
 
 def posterior_sample(mean: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -45,8 +45,9 @@ import torch.nn.functional as F
 from einops import rearrange, reduce, repeat
 from torch import nn
 
+from ... import comfy_adapter
 from ..checkpoint import build_strict
-from ..tiling import original_windows
+from ..tiling import check_window_inputs, original_windows, overridden
 
 TRAIN_SCALING_FACTOR = 0.493  # configs/diffusion/train/high_compression.py; see the module docstring
 
@@ -512,6 +513,28 @@ class VideoDCAE(nn.Module):
             extent = int(self.temporal_tile_size * self.tile_overlap_factor)
             return run_tiled(self._decode_frames, z, (2,), s, self._stride(s), extent, self.temporal_tile_size - extent)
         return self._decode_frames(z)
+
+    # -- the pack's VAE interface (pipeline.VideoVAE) ------------------------------------------
+    def encode_video(self, x):
+        return self.encode(x)
+
+    def window_settings(self, temporal_chunk: int, spatial_tile: int, spatial_overlap: int) -> dict:
+        """The tiling attributes OpenSora VAE Decode's inputs stand for (tiling.check_window_inputs). 0 keeps
+        the released tiles: 256 px, a quarter blended; in time windows of 8 latents."""
+        check_window_inputs(self.spatial_ratio, temporal_chunk, spatial_tile, spatial_overlap)
+        tiles = {"use_temporal_tiling": True}
+        if temporal_chunk:
+            tiles["temporal_tile_size"] = temporal_chunk * self.time_ratio
+        if spatial_tile:
+            tiles.update(spatial_tile_size=spatial_tile, tile_overlap_factor=spatial_overlap / spatial_tile)
+        return tiles
+
+    def decode_video(self, z, num_frames: int, temporal_chunk: int = 0, temporal_overlap: int = 0,
+                     spatial_tile: int = 0, spatial_overlap: int = 64):
+        """decode with the node's windows into a float32 CPU video, a progress step per decoder run."""
+        with overridden(self, self.window_settings(temporal_chunk, spatial_tile, spatial_overlap)), \
+                comfy_adapter.progress_per_call(self.decoder, self.calls(z.shape, decode=True), "decoding"):
+            return self.decode(z)[:, :, :num_frames].float().cpu()
 
 
 # ------------------------------------------------------------------------------------------------------------

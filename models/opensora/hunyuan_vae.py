@@ -33,9 +33,10 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
+from ... import comfy_adapter
 from .. import sd_vae
 from ..checkpoint import build_strict
-from ..tiling import original_windows
+from ..tiling import check_window_inputs, original_windows, overridden
 
 SCALE_FACTOR = 0.476986
 SHIFT_FACTOR = 0.0
@@ -465,6 +466,31 @@ class HunyuanVAE(nn.Module):
         if self.use_slicing and z.shape[0] > 1:
             return torch.cat([self._decode_one(zi) for zi in z.split(1)])
         return self._decode_one(z)
+
+    # -- the pack's VAE interface (pipeline.VideoVAE) ------------------------------------------
+    def encode_video(self, x):
+        """The posterior mean: encoding is deterministic."""
+        return self.encode(x, sample_posterior=False)
+
+    def window_settings(self, temporal_chunk: int, spatial_tile: int, spatial_overlap: int) -> dict:
+        """The tiling attributes OpenSora VAE Decode's inputs stand for (tiling.check_window_inputs). 0 keeps
+        the released tiles: 256 px, a quarter blended, and no time windows (the whole video at once)."""
+        check_window_inputs(self.spatial_ratio, temporal_chunk, spatial_tile, spatial_overlap)
+        tiles = {"use_temporal_tiling": bool(temporal_chunk)}
+        if temporal_chunk:
+            tiles.update(tile_latent_min_tsize=temporal_chunk,
+                         tile_sample_min_tsize=temporal_chunk * self.time_compression_ratio)
+        if spatial_tile:
+            tiles.update(tile_sample_min_size=spatial_tile, tile_latent_min_size=spatial_tile // self.spatial_ratio,
+                         tile_overlap_factor=spatial_overlap / spatial_tile)
+        return tiles
+
+    def decode_video(self, z, num_frames: int, temporal_chunk: int = 0, temporal_overlap: int = 0,
+                     spatial_tile: int = 0, spatial_overlap: int = 64):
+        """decode with the node's windows into a float32 CPU video, a progress step per decoder run."""
+        with overridden(self, self.window_settings(temporal_chunk, spatial_tile, spatial_overlap)), \
+                comfy_adapter.progress_per_call(self.decoder, self.calls(z.shape, decode=True), "decoding"):
+            return self.decode(z)[:, :, :num_frames].float().cpu()
 
 
 # --------------------------------------------------------------------------------------------------------------

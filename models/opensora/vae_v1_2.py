@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ... import comfy_adapter
 from .. import sd_vae
 from ..checkpoint import build_strict
 
@@ -259,6 +260,18 @@ class OpenSoraVAEv12(nn.Module):
     def decode(self, z, num_frames: int):
         """The original decode: normalised z [B,4,Tz,h,w] -> x [B,3,num_frames,8h,8w] in about -1..1."""
         return torch.cat(list(self.decode_chunks(z, num_frames)), dim=2)
+
+    # -- the pack's VAE interface (pipeline.VideoVAE) ------------------------------------------
+    def encode_video(self, x):
+        """Both stages' posterior means: encoding is deterministic."""
+        return self.encode(x)
+
+    def decode_video(self, z, num_frames: int, temporal_chunk: int = 0, temporal_overlap: int = 0,
+                     spatial_tile: int = 0, spatial_overlap: int = 64):
+        """decode_tiled into a float32 CPU video, a progress step per native chunk."""
+        bar = comfy_adapter.Progress(-(-z.shape[2] // self.micro_z_frame_size), desc="decoding")
+        return decode_tiled(self, z, num_frames, temporal_chunk, temporal_overlap, spatial_tile, spatial_overlap,
+                            progress=bar.update_absolute)
 
 
 def config_from_state_dict(sd: dict) -> dict:
