@@ -11,11 +11,11 @@ chunks; CogVideoX carries a conv cache) chunk time themselves and use only the s
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 
 import torch
 
+from .. import comfy_adapter
 from .errors import InputError
 
 
@@ -124,14 +124,15 @@ def check_window_inputs(ratio: int, temporal_chunk: int, spatial_tile: int, spat
                          "needs at least 2 latent frames", "use 0 (the VAE's default) or 2 and more")
 
 
-@contextlib.contextmanager
-def overridden(net, settings: dict):
-    """net's tiling attributes set to `settings` for one call, the released ones restored after."""
+def decode_windowed(net, z: torch.Tensor, num_frames: int, settings: dict) -> torch.Tensor:
+    """net.decode(z) with its tiling attributes set to `settings` for this call (the released ones restored after),
+    a progress step per decoder run, into a float32 CPU video of num_frames."""
     saved = {k: getattr(net, k) for k in settings}
     for k, v in settings.items():
         setattr(net, k, v)
     try:
-        yield
+        with comfy_adapter.progress_per_call(net.decoder, net.calls(z.shape, decode=True), "decoding"):
+            return net.decode(z)[:, :, :num_frames].float().cpu()
     finally:
         for k, v in saved.items():
             setattr(net, k, v)

@@ -45,9 +45,8 @@ import torch.nn.functional as F
 from einops import rearrange, reduce, repeat
 from torch import nn
 
-from ... import comfy_adapter
 from ..checkpoint import build_strict
-from ..tiling import check_window_inputs, original_windows, overridden
+from ..tiling import check_window_inputs, decode_windowed, original_windows
 
 TRAIN_SCALING_FACTOR = 0.493  # configs/diffusion/train/high_compression.py; see the module docstring
 
@@ -531,10 +530,7 @@ class VideoDCAE(nn.Module):
 
     def decode_video(self, z, num_frames: int, temporal_chunk: int = 0, temporal_overlap: int = 0,
                      spatial_tile: int = 0, spatial_overlap: int = 64):
-        """decode with the node's windows into a float32 CPU video, a progress step per decoder run."""
-        with overridden(self, self.window_settings(temporal_chunk, spatial_tile, spatial_overlap)), \
-                comfy_adapter.progress_per_call(self.decoder, self.calls(z.shape, decode=True), "decoding"):
-            return self.decode(z)[:, :, :num_frames].float().cpu()
+        return decode_windowed(self, z, num_frames, self.window_settings(temporal_chunk, spatial_tile, spatial_overlap))
 
 
 # ------------------------------------------------------------------------------------------------------------

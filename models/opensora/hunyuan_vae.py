@@ -33,10 +33,9 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from ... import comfy_adapter
 from .. import sd_vae
 from ..checkpoint import build_strict
-from ..tiling import check_window_inputs, original_windows, overridden
+from ..tiling import check_window_inputs, decode_windowed, original_windows
 
 SCALE_FACTOR = 0.476986
 SHIFT_FACTOR = 0.0
@@ -487,10 +486,7 @@ class HunyuanVAE(nn.Module):
 
     def decode_video(self, z, num_frames: int, temporal_chunk: int = 0, temporal_overlap: int = 0,
                      spatial_tile: int = 0, spatial_overlap: int = 64):
-        """decode with the node's windows into a float32 CPU video, a progress step per decoder run."""
-        with overridden(self, self.window_settings(temporal_chunk, spatial_tile, spatial_overlap)), \
-                comfy_adapter.progress_per_call(self.decoder, self.calls(z.shape, decode=True), "decoding"):
-            return self.decode(z)[:, :, :num_frames].float().cpu()
+        return decode_windowed(self, z, num_frames, self.window_settings(temporal_chunk, spatial_tile, spatial_overlap))
 
 
 # --------------------------------------------------------------------------------------------------------------
