@@ -117,11 +117,12 @@ def sample(model, z: torch.Tensor, txt: torch.Tensor, y_vec: torch.Tensor, txt_n
     txt_ids = torch.zeros(3 * B, txt3.shape[1], 3, device=device, dtype=dtype)
     tokens_per_frame = (H // p) * (W // p)
     num_steps = len(timesteps) - 1
+    rope = model.rope(img_ids, txt_ids)
     img = pack(z, p)
     bar = comfy_adapter.Progress(num_steps, desc="sampling")
     for i, (t_curr, t_prev) in enumerate(zip(timesteps[:-1], timesteps[1:])):
         t_vec = torch.full((3 * B,), t_curr, dtype=dtype, device=device)
-        c, u, u_noimg = model(img.repeat(3, 1, 1), img_ids, txt3, txt_ids, t_vec, vec3, cond=cond).chunk(3)
+        c, u, u_noimg = model(img.repeat(3, 1, 1), img_ids, txt3, txt_ids, t_vec, vec3, cond=cond, rope=rope).chunk(3)
         g_txt = oscillation(guidance, i) if text_osci else guidance
         g_img = oscillation(guidance_img, i) if image_osci else guidance_img
         if scale_temporal_osci and g_img > 1.0:
@@ -146,11 +147,12 @@ def sample_distilled(model, z: torch.Tensor, txt: torch.Tensor, y_vec: torch.Ten
     img_ids = image_ids(B, T, H, W, p, device).to(dtype)
     txt = txt.to(device, dtype)
     txt_ids = torch.zeros(B, txt.shape[1], 3, device=device, dtype=dtype)
+    rope = model.rope(img_ids, txt_ids)
     g = torch.full((B,), guidance, device=device, dtype=dtype)
     bar = comfy_adapter.Progress(len(timesteps) - 1, desc="sampling")
     for i, (t_curr, t_prev) in enumerate(zip(timesteps[:-1], timesteps[1:])):
         t_vec = torch.full((B,), t_curr, dtype=dtype, device=device)
-        v = model(img, img_ids, txt, txt_ids, t_vec, y_vec.to(device, dtype), guidance=g)
+        v = model(img, img_ids, txt, txt_ids, t_vec, y_vec.to(device, dtype), guidance=g, rope=rope)
         x0_pred = img - t_curr * v
         img = img + (t_prev - t_curr) * v
         if callback is not None:

@@ -8,6 +8,10 @@ otherwise: convolutions, normalisation statistics and attention see across windo
 
 VAEs whose chunks are exact by construction (Open-Sora 1.2's temporal VAE decodes independent 17-frame
 chunks; CogVideoX carries a conv cache) chunk time themselves and use only the spatial part.
+
+HunyuanVideo's VAE and diffusers' CogVideoX stitch spatial tiles their own way, and their results depend on it:
+`stitch_rows` fades each tile in place from its (already faded) upper and left neighbours, then crops. The two
+differ only in the dtype `fade_in_` applies the weights in.
 """
 from __future__ import annotations
 
@@ -103,6 +107,38 @@ def tiled_time(fn, chunk: int, overlap: int, ratio: int = 1, out_device="cpu"):
     """Temporal chunks over axis -3 of [B, C, T, H, W] sharing `overlap` latent frames, cross-faded. The
     output accumulates on the CPU by default, so the device holds one chunk whatever the video length."""
     return tiled(fn, {-3: (chunk, overlap, ratio)}, out_device)
+
+
+def fade_in_(prev: torch.Tensor, cur: torch.Tensor, extent: int, dim: int, weight_dtype=None) -> torch.Tensor:
+    """Fade the first `extent` entries of `cur` along `dim` in from the last ones of `prev`, IN PLACE:
+    prev * (1 - i/extent) + cur * i/extent for i = 0..extent-1 (extent shrinks to what both have). The weights
+    are made in float64, as the originals' Python floats, and applied in `weight_dtype` (None: cur's dtype)."""
+    extent = min(prev.shape[dim], cur.shape[dim], extent)
+    if extent <= 0:
+        return cur
+    shape = [1] * cur.ndim
+    shape[dim] = extent
+    ramp = (torch.arange(extent, dtype=torch.float64) / extent).view(shape)
+    dtype = weight_dtype or cur.dtype
+    w_cur, w_prev = ramp.to(cur.device, dtype), (1 - ramp).to(cur.device, dtype)
+    head = cur.narrow(dim, 0, extent)
+    head.copy_(prev.narrow(dim, prev.shape[dim] - extent, extent) * w_prev + head * w_cur)
+    return cur
+
+
+def stitch_rows(rows: list[list[torch.Tensor]], blend: tuple[int, int], keep: tuple[int, int],
+                weight_dtype=None) -> torch.Tensor:
+    """One output from a row-major grid of overlapping tiles [..., h, w]: each tile is faded in from the tile
+    above over blend[0] rows, then from the tile to its left over blend[1] columns, cropped to keep (h, w) and
+    concatenated. In place and in row-major order, as the originals: a tile's right and lower neighbours fade
+    against its blended version, not the raw one."""
+    for i, row in enumerate(rows):
+        for j, tile in enumerate(row):
+            if i:
+                fade_in_(rows[i - 1][j], tile, blend[0], -2, weight_dtype)
+            if j:
+                fade_in_(row[j - 1], tile, blend[1], -1, weight_dtype)
+    return torch.cat([torch.cat([t[..., :keep[0], :keep[1]] for t in row], dim=-1) for row in rows], dim=-2)
 
 
 # --------------------------------------------------------------------------------------------------------------

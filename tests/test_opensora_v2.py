@@ -63,6 +63,45 @@ def test_flux_fused_layout_loads_as_split():
                                    model(*args, guidance=torch.tensor([4.0, 4.0])), atol=0, rtol=0)
 
 
+def _rope_sampler_case(distilled: bool, half_split: bool):
+    """A tiny MMDiT and the sampler call that drives it: the guided video sampler or FLUX.1's distilled one."""
+    torch.manual_seed(0)
+    model = MMDiT(in_channels=16, vec_in_dim=8, context_in_dim=8, hidden_size=64, num_heads=2, depth=1,
+                  depth_single_blocks=1, axes_dim=(4, 14, 14), guidance_embed=distilled, cond_embed=not distilled,
+                  rope_half_split=half_split).eval()
+    z, txt, vec = torch.randn(2, 4, 1 if distilled else 2, 4, 6), torch.randn(2, 5, 8), torch.randn(2, 8)
+    ts = rflow_v2.get_schedule(4, 6, z.shape[2])
+    if distilled:
+        return model, lambda: rflow_v2.sample_distilled(model, z, txt, vec, ts)
+    return model, lambda: rflow_v2.sample(model, z, txt, vec, torch.zeros_like(txt[:1]), torch.zeros_like(vec[:1]), ts)
+
+
+@pytest.mark.parametrize("half_split", [True, False])
+@pytest.mark.parametrize("distilled", [False, True])
+def test_samplers_compute_rope_once(monkeypatch, distilled, half_split):
+    """The RoPE tables depend on the ids alone, so the samplers make them once per run: the output is bitwise
+    what recomputing them in every step gives, and rope_angles runs once, not once per step."""
+    from comfyui_opensora.models.opensora import mmdit
+
+    model, run = _rope_sampler_case(distilled, half_split)
+    calls, rope_angles = [], mmdit.rope_angles
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return rope_angles(*args, **kwargs)
+
+    monkeypatch.setattr(mmdit, "rope_angles", counting)
+    with torch.no_grad():
+        once = run()
+        assert len(calls) == 1
+        forward = model.forward
+        model.forward = lambda *args, rope=None, **kwargs: forward(*args, **kwargs)  # drop it: every step recomputes
+        calls.clear()
+        every_step = run()
+    assert len(calls) == 1 + 4, "the sampler's own call, then one per step: the counter sees recomputation"
+    assert torch.equal(once, every_step)
+
+
 def test_prompt_suffix_and_buckets():
     assert v2_0.prompt_text("a cat") == "a cat. 24 FPS. 4 motion score."  # spec 5.4
     assert v2_0.prompt_text("a cat.", motion_score=7) == "a cat. 24 FPS. 7 motion score."

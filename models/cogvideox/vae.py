@@ -20,6 +20,7 @@ from torch import nn
 
 from ... import comfy_adapter
 from ..errors import InputError
+from ..tiling import stitch_rows
 
 # Latent scale per variant (the VAE is the same for all of them); 1.5's I2V divides the image latent by it.
 SCALING = {"2b": 1.15258426, "5b": 0.7, "5b_i2v": 0.7, "1.5": 0.7, "1.5_i2v": 0.7}
@@ -255,31 +256,6 @@ class Tiling:
         return cls(tile, (int(tile[0] * (1 - factor_height)), int(tile[1] * (1 - factor_width))))
 
 
-def _fade_in(prev: torch.Tensor, cur: torch.Tensor, extent: int, dim: int):
-    """diffusers' blend_v / blend_h, in place: the first rows of `cur` go linearly from `prev`'s last rows
-    (weight 1 - y/E) to its own (y/E)."""
-    e = min(prev.shape[dim], cur.shape[dim], extent)
-    if e <= 0:
-        return
-    w = torch.arange(e, dtype=torch.float64) / e
-    shape = [e] + [1] * (cur.ndim - 1 - dim)
-    w_cur, w_prev = w.to(cur).view(shape), (1 - w).to(cur).view(shape)
-    b = cur.narrow(dim, 0, e)
-    b.copy_(prev.narrow(dim, prev.shape[dim] - e, e) * w_prev + b * w_cur)
-
-
-def stitch(tiles: list[list[torch.Tensor]], blend: tuple[int, int], keep: tuple[int, int]) -> torch.Tensor:
-    """Blend each tile with the (already blended) tile above and to its left, crop to `keep`, concatenate.
-    Tiles are [B, C, T, h, w]; the row-major order matters, as in diffusers."""
-    for i, row in enumerate(tiles):
-        for j, tile in enumerate(row):
-            if i:
-                _fade_in(tiles[i - 1][j], tile, blend[0], 3)
-            if j:
-                _fade_in(row[j - 1], tile, blend[1], 4)
-    return torch.cat([torch.cat([t[..., :keep[0], :keep[1]] for t in row], dim=4) for row in tiles], dim=3)
-
-
 def run_tiled(net, x: torch.Tensor, frames_per_chunk: int, tile, stride, blend, keep):
     """Yield net's output chunk by chunk in time: x is cut into diffusers' frame chunks and into (h, w) tiles
     every `stride`; each tile keeps its own conv cache across chunks. stride >= size means one tile."""
@@ -287,7 +263,8 @@ def run_tiled(net, x: torch.Tensor, frames_per_chunk: int, tile, stride, blend, 
     caches = {(y, x0): {} for y in ys for x0 in xs}
     for a, b in frame_chunks(x.shape[2], frames_per_chunk):
         tiles = [[net(x[:, :, a:b, y:y + tile[0], x0:x0 + tile[1]], caches[(y, x0)]) for x0 in xs] for y in ys]
-        yield tiles[0][0] if len(ys) == len(xs) == 1 else stitch(tiles, blend, keep)
+        # diffusers' blend_v / blend_h: weights in the tiles' dtype (bf16 tiles blend in bf16)
+        yield tiles[0][0] if len(ys) == len(xs) == 1 else stitch_rows(tiles, blend, keep)
 
 
 # ------------------------------------------------------------------------------------------------------------

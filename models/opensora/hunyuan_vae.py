@@ -35,7 +35,7 @@ from torch import nn
 
 from .. import sd_vae
 from ..checkpoint import build_strict
-from ..tiling import check_window_inputs, decode_windowed, original_windows
+from ..tiling import check_window_inputs, decode_windowed, fade_in_, original_windows, stitch_rows
 
 SCALE_FACTOR = 0.476986
 SHIFT_FACTOR = 0.0
@@ -268,23 +268,9 @@ class Decoder(nn.Module):
 # --------------------------------------------------------------------------------------------------------------
 # Tiling
 # --------------------------------------------------------------------------------------------------------------
-def blend_(prev: torch.Tensor, cur: torch.Tensor, extent: int, dim: int) -> torch.Tensor:
-    """Fade the first `extent` entries of `cur` along `dim` in from the last ones of `prev`, IN PLACE, with the
-    original's weights (prev * (1 - i/extent) + cur * i/extent, i = 0..extent-1). In place matters: a tile
-    blended here is what its right and lower neighbours blend against later."""
-    extent = min(prev.shape[dim], cur.shape[dim], extent)
-    if extent == 0:
-        return cur
-    shape = [1] * cur.ndim
-    shape[dim] = extent
-    ramp = torch.arange(extent, dtype=torch.float64) / extent
-    # The original's weights are Python floats: made in float64 here too, applied in float32 (a bf16 tile is
-    # rounded once, on the copy back).
-    w_cur = ramp.to(cur.device, torch.float32).view(shape)
-    w_prev = (1 - ramp).to(cur.device, torch.float32).view(shape)
-    head = cur.narrow(dim, 0, extent)
-    head.copy_(prev.narrow(dim, prev.shape[dim] - extent, extent) * w_prev + head * w_cur)
-    return cur
+# The original's blend weights are Python floats: made in float64, applied in float32 (a bf16 tile is rounded
+# once, on the copy back).
+BLEND_WEIGHTS = torch.float32
 
 
 def tile_space(fn, x: torch.Tensor, tile: int, stride: int, blend: int, keep: int) -> torch.Tensor:
@@ -292,13 +278,7 @@ def tile_space(fn, x: torch.Tensor, tile: int, stride: int, blend: int, keep: in
     with the one above (first) and the one to the left, then cropped to keep x keep and stitched."""
     rows = [[fn(x[..., i:i + tile, j:j + tile]) for j in range(0, x.shape[-1], stride)]
             for i in range(0, x.shape[-2], stride)]
-    for i, row in enumerate(rows):
-        for j, out in enumerate(row):
-            if i > 0:
-                blend_(rows[i - 1][j], out, blend, dim=-2)
-            if j > 0:
-                blend_(row[j - 1], out, blend, dim=-1)
-    return torch.cat([torch.cat([out[..., :keep, :keep] for out in row], dim=-1) for row in rows], dim=-2)
+    return stitch_rows(rows, (blend, blend), (keep, keep), BLEND_WEIGHTS)
 
 
 def tile_time(fn, x: torch.Tensor, tile: int, stride: int, blend: int, keep: int) -> torch.Tensor:
@@ -311,7 +291,7 @@ def tile_time(fn, x: torch.Tensor, tile: int, stride: int, blend: int, keep: int
         out = fn(x[:, :, i:i + tile + 1])
         outs.append(out if n == 0 else out[:, :, 1:])
     for n in range(1, len(outs)):
-        blend_(outs[n - 1], outs[n], blend, dim=2)
+        fade_in_(outs[n - 1], outs[n], blend, 2, BLEND_WEIGHTS)
     return torch.cat([outs[0][:, :, :keep + 1]] + [out[:, :, :keep] for out in outs[1:]], dim=2)
 
 

@@ -247,10 +247,18 @@ class MMDiT(nn.Module):
     def dtype(self):
         return self.img_in.weight.dtype
 
-    def forward(self, img, img_ids, txt, txt_ids, timesteps, y_vec, cond=None, guidance=None):
+    def rope(self, img_ids, txt_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) [B, 1, L + N, head_dim/2] of the joint [txt, img] sequence. They depend on the ids only,
+        which stay fixed over a sampling run: samplers compute them once and pass them to every step."""
+        ids = torch.cat([txt_ids, img_ids], dim=1)
+        angles = rope_angles(ids, self.axes_dim, self.theta, torch.float32 if self.half_split else torch.float64)
+        return angles.cos().float()[:, None], angles.sin().float()[:, None]
+
+    def forward(self, img, img_ids, txt, txt_ids, timesteps, y_vec, cond=None, guidance=None, rope=None):
         """img [B, N, in_channels] packed latent tokens, img_ids [B, N, 3]; txt [B, L, context_in_dim] T5
         features, txt_ids [B, L, 3]; timesteps [B] flow time in [0, 1] (1 = noise); y_vec [B, vec_in_dim] CLIP
-        pooled; cond [B, N, in_channels + patch^2] (cond_embed models); guidance [B] (guidance_embed models).
+        pooled; cond [B, N, in_channels + patch^2] (cond_embed models); guidance [B] (guidance_embed models);
+        rope: self.rope(img_ids, txt_ids), computed here when None.
         Returns the velocity (noise - data) per token [B, N, in_channels]."""
         img = self.img_in(img)
         if self.cond_in is not None:
@@ -266,10 +274,8 @@ class MMDiT(nn.Module):
         vec = vec + self.vector_in(y_vec)
         txt = self.txt_in(txt)
 
-        ids = torch.cat([txt_ids, img_ids], dim=1)
-        angles = rope_angles(ids, self.axes_dim, self.theta, torch.float32 if self.half_split else torch.float64)
-        rope = (angles.cos().float()[:, None], angles.sin().float()[:, None])
-
+        if rope is None:
+            rope = self.rope(img_ids, txt_ids)
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, rope)
         x = torch.cat([txt, img], dim=1)

@@ -63,10 +63,10 @@ def run_sampling(case):
     seen = {}
     forward = model.forward
 
-    def record(img, img_ids, txt, txt_ids, timesteps, y_vec, cond=None, guidance=None):
+    def record(img, img_ids, txt, txt_ids, timesteps, y_vec, cond=None, guidance=None, rope=None):
         seen.setdefault("cond", cond)
         seen.setdefault("img_ids", img_ids)
-        return forward(img, img_ids, txt, txt_ids, timesteps, y_vec, cond=cond, guidance=guidance)
+        return forward(img, img_ids, txt, txt_ids, timesteps, y_vec, cond=cond, guidance=guidance, rope=rope)
 
     model.forward = record
     txt = torch.cat([t[f"txt_pos_{i}"] for i in range(batch)])
