@@ -12,21 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-# "sdpa": torch's fused scaled_dot_product_attention (flash / memory-efficient kernels where available);
-# "math": the original's manual path (scaled q @ k^T, softmax in fp32, cast back, @ v), the reference that
-# SDPA is tested against.
-ATTENTION_BACKEND = {"name": "sdpa"}
-
-
-def attention(q, k, v, mask=None):
-    """q [..., N, D], k/v [..., M, D] (usually [B, heads, tokens, head_dim]); mask broadcastable to
-    [..., N, M], True = attend. Scale D^-0.5."""
-    if ATTENTION_BACKEND["name"] == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.float().softmax(-1).to(q.dtype) @ v
+from .attention import ATTENTION_BACKEND, attention  # noqa: F401  (the blocks' one attention; see attention.py)
 
 
 def randn_init(*shape: int, divisor: float = 1.0) -> torch.Tensor:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import comfy_adapter
-from . import checkpoint, devices, fp8, mask_strategy, offload, preview
+from . import attention as attention_backends, checkpoint, devices, fp8, mask_strategy, offload, preview
 from .errors import InputError, ModelLoadError  # noqa: F401  (the nodes catch them here)
 from .families import FAMILIES, SCHEDULERS, TEXT_FAMILIES, VAES, BY_CHECKPOINT, BY_TEXT_FAMILY  # noqa: F401
 from .family import Presets, Sampling
@@ -32,6 +32,8 @@ RESOLUTIONS = ["144p", "240p", "360p", "480p", "720p", "1080p", "custom", "256px
 # Width:height, as users read aspect ratios; each VAE's presets say which of them it has.
 ASPECT_RATIOS = ["16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "2:1", "1:2", "17:9", "9:17", "21:9", "8:3",
                  "25:12", "50:27", "27:50", "8:5", "2.39:1", "1:2.39", "1.85:1", "1:1.85", "5:8"]
+
+ATTENTION_BACKENDS = attention_backends.BACKENDS
 
 # Storage-only precisions of the model loader: block weights in fp8, compute in the device's default precision.
 FP8_STORAGE = fp8.FP8_DTYPES
@@ -46,6 +48,7 @@ class DiffusionModel:
     offload_device: torch.device
     config: dict = field(default_factory=dict)
     offload: str = "model"
+    attention: str = "sdpa"  # the backend its sampler runs on (models/attention.py)
 
 
 @dataclass
@@ -117,14 +120,16 @@ def _read(path: str, sub: str) -> tuple[dict, str, str]:
     return sd, checkpoint.detect_family(sd), path
 
 
-def load_diffusion_model(path: str, dtype_name: str = "auto", offload_mode: str = "model") -> DiffusionModel:
+def load_diffusion_model(path: str, dtype_name: str = "auto", offload_mode: str = "model",
+                         attention: str = "sdpa") -> DiffusionModel:
+    device = devices.get_device()
+    backend = attention_backends.resolve(attention, device)  # before reading gigabytes
     sd, kind, path = _read(path, "transformer")
     if kind not in BY_CHECKPOINT:
         supported = ", ".join(f.label for f in FAMILIES.values())
         raise ModelLoadError(f"'{path}' is {_kind_hint(kind)}, not a diffusion transformer this loader can take "
                              f"(supported: {supported})")
     family = BY_CHECKPOINT[kind]
-    device = devices.get_device()
     if offload_mode not in offload.OFFLOAD_MODES:
         raise ModelLoadError(f"unknown offload mode '{offload_mode}' (choose one of {offload.OFFLOAD_MODES})")
     try:
@@ -137,7 +142,7 @@ def load_diffusion_model(path: str, dtype_name: str = "auto", offload_mode: str 
     net.to(dtype=dtype).eval().requires_grad_(False)
     if dtype_name in FP8_STORAGE:
         fp8.store_fp8(net, FP8_STORAGE[dtype_name])
-    return DiffusionModel(family.name, net, dtype, device, devices.offload_device(), config, offload_mode)
+    return DiffusionModel(family.name, net, dtype, device, devices.offload_device(), config, offload_mode, backend)
 
 
 def load_vae(path: str, dtype_name: str = "auto") -> VideoVAE:
@@ -362,7 +367,8 @@ def sample(model: DiffusionModel, positive: dict, latent: dict, seed: int, steps
                          f"choose one of {list(family.schedulers)}")
     settings = Sampling(seed, steps, cfg, scheduler, denoise, fps, dynamic_cfg, guidance_img, guidance_oscillation,
                         temporal_image_guidance, flow_shift)
-    with preview.active(info.get("preview")):  # the latent carries its VAE's preview fit
+    # the latent carries its VAE's preview fit; the model its attention backend
+    with preview.active(info.get("preview")), attention_backends.use(model.attention):
         return family.sample(model, positive, negative, latent, info, settings)
 
 

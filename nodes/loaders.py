@@ -10,6 +10,8 @@ from .common import CATEGORY, DTYPE_CHOICES, NodeInputError, model_choices, reso
 def _load(node: str, input_name: str, fn, *args):
     try:
         return fn(*args)
+    except pipeline.InputError as e:  # names its own input
+        raise NodeInputError(node, e.input_name, e.problem, e.fix) from e
     except (pipeline.ModelLoadError, ValueError) as e:
         raise NodeInputError(node, input_name, str(e), "choose a checkpoint of the kind this loader takes") from e
 
@@ -45,11 +47,19 @@ class OpenSoraModelLoader:
                            "visit the GPU one at a time (CogVideoX-5B in a few GB, slower); sequential_prefetch: "
                            "the same, with the next block copied while the current one runs (about two blocks "
                            "of VRAM; block weights pinned in host RAM): Open-Sora 2.0 on a 24 GB GPU."}),
+            "attention": (pipeline.ATTENTION_BACKENDS, {
+                "default": "sdpa",
+                "tooltip": "Attention kernel of the sampler. sdpa: torch's fused attention; math: the original's "
+                           "reference path; flash / sage: flash-attn / SageAttention (pip install flash-attn or "
+                           "sageattention; half precision on CUDA); comfy: ComfyUI's own attention, following "
+                           "--use-sage-attention / --use-flash-attention; auto: the fastest installed. Calls a "
+                           "kernel cannot take (key masks, fp32) run on sdpa."}),
         }}
 
-    def load(self, model_name, dtype, offload="model"):
+    def load(self, model_name, dtype, offload="model", attention="sdpa"):
         path = resolve_model_path("OpenSoraModelLoader", "model_name", "diffusion_models", model_name)
-        return (_load("OpenSoraModelLoader", "model_name", pipeline.load_diffusion_model, path, dtype, offload),)
+        return (_load("OpenSoraModelLoader", "model_name", pipeline.load_diffusion_model, path, dtype, offload,
+                      attention),)
 
 
 class OpenSoraVAELoader:
