@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import comfy_adapter
-from . import attention as attention_backends, checkpoint, devices, fp8, mask_strategy, offload, preview
+from . import attention as attention_backends, checkpoint, compilation, devices, fp8, mask_strategy, offload, preview
 from .errors import InputError, ModelLoadError  # noqa: F401  (the nodes catch them here)
 from .families import FAMILIES, SCHEDULERS, TEXT_FAMILIES, VAES, BY_CHECKPOINT, BY_TEXT_FAMILY  # noqa: F401
 from .family import Presets, Sampling
@@ -34,6 +34,14 @@ ASPECT_RATIOS = ["16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "2:1", "1:2"
                  "25:12", "50:27", "27:50", "8:5", "2.39:1", "1:2.39", "1.85:1", "1:1.85", "5:8"]
 
 ATTENTION_BACKENDS = attention_backends.BACKENDS
+COMPILE_MODES = compilation.MODES
+
+
+def compiled(model: DiffusionModel, mode: str, dynamic: bool) -> DiffusionModel:
+    """The same model (weights shared) with its blocks compiled when it samples."""
+    if mode not in COMPILE_MODES:
+        raise InputError("mode", f"unknown torch.compile mode '{mode}'", f"choose one of {COMPILE_MODES}")
+    return dataclasses.replace(model, compile={"mode": mode, "dynamic": bool(dynamic)})
 
 # Storage-only precisions of the model loader: block weights in fp8, compute in the device's default precision.
 FP8_STORAGE = fp8.FP8_DTYPES
@@ -49,6 +57,7 @@ class DiffusionModel:
     config: dict = field(default_factory=dict)
     offload: str = "model"
     attention: str = "sdpa"  # the backend its sampler runs on (models/attention.py)
+    compile: dict | None = None  # torch.compile of its blocks (models/compilation.py); None: eager
 
 
 @dataclass
@@ -367,6 +376,7 @@ def sample(model: DiffusionModel, positive: dict, latent: dict, seed: int, steps
                          f"choose one of {list(family.schedulers)}")
     settings = Sampling(seed, steps, cfg, scheduler, denoise, fps, dynamic_cfg, guidance_img, guidance_oscillation,
                         temporal_image_guidance, flow_shift)
+    compilation.apply(model.net, model.compile)
     # the latent carries its VAE's preview fit; the model its attention backend
     with preview.active(info.get("preview")), attention_backends.use(model.attention):
         return family.sample(model, positive, negative, latent, info, settings)

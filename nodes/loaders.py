@@ -126,13 +126,45 @@ class OpenSoraTextEncoderLoader:
                       dtype, device),)
 
 
+class OpenSoraCompileModel:
+    DESCRIPTION = ("Compiles the diffusion transformer's blocks with torch.compile (one block at a time, so offload "
+                   "and fp8 storage keep working) for faster steps. The first step at a new size compiles (tens "
+                   "of seconds to minutes); later steps and runs at that size reuse it. Needs a C++ compiler on "
+                   "CPU and Triton on GPU.")
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = ("OPENSORA_MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The same model (weights shared), compiled when it samples.",)
+    FUNCTION = "compile"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("OPENSORA_MODEL", {"tooltip": "From OpenSora Model Loader."}),
+            "mode": (pipeline.COMPILE_MODES, {
+                "default": "default", "tooltip": "torch.compile's mode: default compiles fastest; max-autotune "
+                                                 "searches kernels longer for faster steps; reduce-overhead uses "
+                                                 "CUDA graphs."}),
+            "dynamic": ("BOOLEAN", {"default": False, "tooltip": "Compile for any size (fewer recompiles when "
+                                                                 "sizes change, slower steps)."}),
+        }}
+
+    def compile(self, model, mode, dynamic):
+        try:
+            return (pipeline.compiled(model, mode, dynamic),)
+        except pipeline.InputError as e:
+            raise NodeInputError("OpenSoraCompileModel", e.input_name, e.problem, e.fix) from e
+
+
 NODE_CLASS_MAPPINGS = {
     "OpenSoraModelLoader": OpenSoraModelLoader,
     "OpenSoraVAELoader": OpenSoraVAELoader,
     "OpenSoraTextEncoderLoader": OpenSoraTextEncoderLoader,
+    "OpenSoraCompileModel": OpenSoraCompileModel,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "OpenSoraModelLoader": "OpenSora Model Loader",
     "OpenSoraVAELoader": "OpenSora VAE Loader",
     "OpenSoraTextEncoderLoader": "OpenSora Text Encoder Loader (T5)",
+    "OpenSoraCompileModel": "OpenSora Compile Model",
 }
