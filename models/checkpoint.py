@@ -14,9 +14,13 @@ Layouts handled:
 """
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 
 import torch
+
+from .errors import DamagedFileError
 
 # Preferred first: EMA weights are what the trainers release for inference.
 WRAPPERS = ("ema", "model_ema", "state_dict", "model", "module")
@@ -39,6 +43,31 @@ FAMILY_NAMES = {
 # --------------------------------------------------------------------------------------------------------------
 # Reading files
 # --------------------------------------------------------------------------------------------------------------
+def damaged(path: str, detail: str) -> DamagedFileError:
+    return DamagedFileError(os.path.basename(path), detail)
+
+
+def check_safetensors(path: str):
+    """A ValueError saying the file is incomplete or damaged (and how much of it is there) unless its header
+    is readable and the file holds every byte the header promises. Reads the header only: milliseconds for
+    a 20 GB file that safetensors would otherwise fail on with 'incomplete metadata'."""
+    size = os.path.getsize(path)
+    if size < 8:
+        raise damaged(path, f"{size} bytes, less than a safetensors header")
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > size - 8:
+            raise damaged(path, f"{size:,} bytes, but its header alone says {8 + n:,}" if n < 2 ** 32 else
+                          "it does not start with a safetensors header")
+        try:
+            header = json.loads(f.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise damaged(path, "its safetensors header is unreadable") from None
+    if size < 8 + n + end:
+        raise damaged(path, f"{size:,} of {8 + n + end:,} bytes")
+
+
 def load_state_dict_file(path: str) -> dict:
     """A flat {key: tensor} from a weight file or a folder of them; wrappers and key prefixes removed."""
     if os.path.isdir(path):
@@ -47,6 +76,7 @@ def load_state_dict_file(path: str) -> dict:
     if ext in SAFETENSORS:
         from safetensors.torch import load_file
 
+        check_safetensors(path)
         try:
             return load_file(path)
         except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad header
@@ -57,6 +87,11 @@ def load_state_dict_file(path: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            zipped = f.read(2) == b"PK"  # torch.save's archive format: cut, it loses its central directory
+        if size == 0 or (zipped and not zipfile.is_zipfile(path)):
+            raise damaged(path, f"{size:,} bytes, the end of the archive missing" if size else "0 bytes") from e
         raise ValueError(f"'{path}' is not a readable PyTorch checkpoint ({e}); only files holding plain tensors "
                          f"are read (weights_only), convert others to .safetensors") from e
     return unwrap_state_dict(obj, path)

@@ -6,6 +6,14 @@ class ModelLoadError(ValueError):
     pass
 
 
+class DamagedFileError(ModelLoadError):
+    """A weight file cut short or corrupted (an interrupted download, a full disk)."""
+
+    def __init__(self, name: str, detail: str):
+        self.problem, self.fix = f"'{name}' is incomplete or damaged ({detail})", "download it again"
+        super().__init__(f"{self.problem}: {self.fix}")
+
+
 class InputError(ValueError):
     """A bad node input, raised from model code: which input, what is wrong, how to fix it."""
 

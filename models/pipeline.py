@@ -21,7 +21,7 @@ import torch
 
 from .. import comfy_adapter
 from . import attention as attention_backends, checkpoint, compilation, devices, fp8, mask_strategy, offload, preview
-from .errors import InputError, ModelLoadError  # noqa: F401  (the nodes catch them here)
+from .errors import DamagedFileError, InputError, ModelLoadError  # noqa: F401  (the nodes catch them here)
 from .families import FAMILIES, SCHEDULERS, TEXT_FAMILIES, VAES, BY_CHECKPOINT, BY_TEXT_FAMILY  # noqa: F401
 from .family import Presets, Sampling
 from .text_encoders import TextEncoderError, is_clip, load_clip, load_t5
@@ -124,6 +124,8 @@ def _read(path: str, sub: str) -> tuple[dict, str, str]:
         path = os.path.join(path, sub)
     try:
         sd = checkpoint.load_state_dict_file(path)
+    except DamagedFileError:
+        raise
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise ModelLoadError(f"cannot read '{path}' as a checkpoint ({e})") from e
     return sd, checkpoint.detect_family(sd), path
@@ -209,6 +211,7 @@ def _is_clip_file(path: str) -> bool:
         return False
     from safetensors import safe_open
 
+    checkpoint.check_safetensors(path)
     with safe_open(path, "pt") as f:
         return is_clip(dict.fromkeys(f.keys()))
 

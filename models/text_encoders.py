@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checkpoint import load_state_dict_file
+from .checkpoint import check_safetensors, load_state_dict_file
 
 T5_MAX_LENGTH = {"v1.0": 120, "v1.1": 200, "v1.2": 300, "v2.0": 512}
 CLIP_MAX_LENGTH = 77
@@ -103,6 +103,13 @@ class TextEncoder:
 T5Encoder = TextEncoder
 
 
+def _check_weights(folder: str):
+    """A cut download in a Hugging Face folder is named before transformers fails on it."""
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            check_safetensors(os.path.join(folder, name))
+
+
 def load_t5(path: str, tokenizer_dir: str | None = None, dtype=torch.float32, device="cpu") -> TextEncoder:
     """A T5 encoder from an HF folder or a single safetensors file."""
     from transformers import T5Config, T5EncoderModel
@@ -118,6 +125,7 @@ def load_t5(path: str, tokenizer_dir: str | None = None, dtype=torch.float32, de
     if os.path.isdir(path):
         if not os.path.exists(os.path.join(path, "config.json")):
             raise TextEncoderError(f"{path} is a folder without config.json; expected a Hugging Face T5 folder")
+        _check_weights(path)
         model = T5EncoderModel.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
     else:
         sd = _dequantize(load_state_dict_file(path), dtype)
@@ -160,6 +168,7 @@ def load_clip(path: str, tokenizer_dir: str | None = None, dtype=torch.float32, 
             f"no CLIP tokenizer found next to {path}: put its files (vocab.json and merges.txt, or tokenizer.json) "
             f"in a folder beside it named like the file plus '_tokenizer', or pick one with the tokenizer input")
     if os.path.isdir(path):
+        _check_weights(path)
         model = CLIPTextModel.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
     else:
         sd = _dequantize(load_state_dict_file(path), dtype)

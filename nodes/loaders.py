@@ -12,6 +12,8 @@ def _load(node: str, input_name: str, fn, *args):
         return fn(*args)
     except pipeline.InputError as e:  # names its own input
         raise NodeInputError(node, e.input_name, e.problem, e.fix) from e
+    except pipeline.DamagedFileError as e:
+        raise NodeInputError(node, input_name, e.problem, e.fix) from e
     except (pipeline.ModelLoadError, ValueError) as e:
         raise NodeInputError(node, input_name, str(e), "choose a checkpoint of the kind this loader takes") from e
 

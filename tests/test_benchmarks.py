@@ -34,3 +34,14 @@ def test_result_files_are_never_half_written(tmp_path):
     with pytest.raises(TypeError):
         write_result({"a": object()}, "unused", str(out))  # fails while serialising
     assert json.loads(out.read_text()) == {"a": 1} and os.listdir(tmp_path) == ["r.json"]
+
+
+def test_speed_benchmark_writes_its_ratios(tmp_path):
+    """benchmarks/speed.py end to end at the tiny config (compile left to the full run: it takes minutes)."""
+    out = tmp_path / "speed.json"
+    subprocess.run([sys.executable, os.path.join(BENCH, "speed.py"), "--config", "tiny", "--device", "cpu",
+                    "--repeats", "1", "--no-compile", "--out", str(out)], check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    for family in ("stdit3", "mmdit"):
+        assert {"sdpa", "math"} <= set(result[family]["seconds_per_step"])
+        assert result[family]["speedup_sdpa_over_math"] > 0

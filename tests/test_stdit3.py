@@ -87,7 +87,7 @@ def test_released_layout_loads_strictly_with_the_config_read_off_its_shapes():
 def test_unreadable_files_give_clear_errors(tmp_path):
     for name in ("random.safetensors", "random.pt"):
         (tmp_path / name).write_bytes(os.urandom(4096))
-    with pytest.raises(ValueError, match=r"random.safetensors' is not a readable safetensors file"):
+    with pytest.raises(ValueError, match=r"random.safetensors' is incomplete or damaged \(it does not start with a safetensors header\): download it again"):
         checkpoint.load_state_dict_file(str(tmp_path / "random.safetensors"))
     with pytest.raises(ValueError, match=r"random.pt' is not a readable PyTorch checkpoint"):
         checkpoint.load_state_dict_file(str(tmp_path / "random.pt"))
