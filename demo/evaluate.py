@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from ..models import mask_strategy, noise as noise_mod, pipeline, rflow
+from ..models import mask_strategy, noise as noise_mod, pipeline, rflow, step_cache
 from . import clips, detector
 
 POS_TOL = 3.5  # pixels
@@ -62,9 +62,10 @@ def suite_scenes(suite: str, n: int | None = None, seed: int = 1234):
 
 @torch.no_grad()
 def generate(models, prompts: list[str], seeds: list[int], num_frames: int, refs=None, strategy: str | None = None,
-             steps: int = STEPS, cfg: float = CFG) -> torch.Tensor:
+             steps: int = STEPS, cfg: float = CFG, cache: dict | None = None) -> torch.Tensor:
     """Videos [B, T, H, W, 3] in 0..1. refs: per prompt a video [1, 3, T, H, W] in -1..1 placed by `strategy`
-    (Open-Sora's mask_strategy string, the same for every prompt)."""
+    (Open-Sora's mask_strategy string, the same for every prompt). cache: step-cache settings (models/step_cache.py)
+    plus a "counts" dict that collects the calls made and skipped."""
     model, vae, t5 = models
     conds = [pipeline.encode_text(t5, p, "opensora-v1.2", offload=False) for p in prompts]
     y = torch.cat([c["y"] for c in conds])
@@ -82,9 +83,12 @@ def generate(models, prompts: list[str], seeds: list[int], num_frames: int, refs
     net = model.net
     y_null = net.null_caption[None].repeat(b, 1, 1)[:, None]
     gen = noise_mod.generator(seeds[0])
-    out = rflow.sample(net, z, y, y_mask, y_null, timesteps, cfg, mask,
-                       {"height": full(clips.SIZE), "width": full(clips.SIZE), "fps": full(24)},
-                       noise_fn=lambda s: noise_mod.seeded_noise(0, s, gen))
+    with step_cache.caching(net, cache, steps) as stats:
+        out = rflow.sample(net, z, y, y_mask, y_null, timesteps, cfg, mask,
+                           {"height": full(clips.SIZE), "width": full(clips.SIZE), "fps": full(24)},
+                           noise_fn=lambda s: noise_mod.seeded_noise(0, s, gen))
+    for k, v in (stats or {}).items():
+        cache["counts"][k] = cache["counts"].get(k, 0) + v
     video = pipeline.decode(vae, {"samples": out, "opensora": latent["opensora"]})
     return ((video.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1)
 
@@ -102,7 +106,8 @@ def _ok_position(a, b, tol=POS_TOL):
     return not any(math.isnan(v) for v in (*a, *b)) and math.hypot(a[0] - b[0], a[1] - b[1]) <= tol
 
 
-def run_suite(models, suite: str, n: int | None = None, steps: int = STEPS, cfg: float = CFG, batch: int = 48):
+def run_suite(models, suite: str, n: int | None = None, steps: int = STEPS, cfg: float = CFG, batch: int = 48,
+              cache: dict | None = None):
     """Per-scene results and the suite's accuracy."""
     scenes = suite_scenes(suite, n)
     results = []
@@ -111,12 +116,12 @@ def run_suite(models, suite: str, n: int | None = None, steps: int = STEPS, cfg:
         prompts = [s.caption for s in part]
         seeds = list(range(i, i + len(part)))
         if suite in ("seen", "held_out"):
-            videos = generate(models, prompts, seeds, clips.CHUNK, steps=steps, cfg=cfg)
+            videos = generate(models, prompts, seeds, clips.CHUNK, steps=steps, cfg=cfg, cache=cache)
             for s, v in zip(part, videos):
                 results.append({"prompt": s.caption, **detector.score(v, s.colour, s.shape, s.motion)})
         elif suite == "i2v":
             refs = [rendered(s, 1) for s in part]
-            videos = generate(models, prompts, seeds, clips.CHUNK, refs, "0", steps, cfg)
+            videos = generate(models, prompts, seeds, clips.CHUNK, refs, "0", steps, cfg, cache)
             for s, v, ref in zip(part, videos, refs):
                 r = detector.score(v, s.colour, s.shape, s.motion)
                 start, image = detector.position(v, 0), detector.position(to_frames(ref), 0)
@@ -125,7 +130,7 @@ def run_suite(models, suite: str, n: int | None = None, steps: int = STEPS, cfg:
                 results.append({"prompt": s.caption, **r})
         elif suite == "extend":
             prev = [rendered(s, 2 * clips.CHUNK)[:, :, : clips.CHUNK] for s in part]
-            videos = generate(models, prompts, seeds, 2 * clips.CHUNK, prev, "0,0,0,0,5", steps, cfg)
+            videos = generate(models, prompts, seeds, 2 * clips.CHUNK, prev, "0,0,0,0,5", steps, cfg, cache)
             for s, v, p in zip(part, videos, prev):
                 new = v[clips.CHUNK:]
                 r = detector.score(new, s.colour, s.shape, s.motion)
@@ -137,7 +142,7 @@ def run_suite(models, suite: str, n: int | None = None, steps: int = STEPS, cfg:
                 results.append({"prompt": s.caption, **r})
         elif suite == "loop":
             refs = [rendered(s, 1) for s in part]
-            videos = generate(models, prompts, seeds, clips.CHUNK + 1, refs, "0;0,0,0,-1,1", steps, cfg)
+            videos = generate(models, prompts, seeds, clips.CHUNK + 1, refs, "0;0,0,0,-1,1", steps, cfg, cache)
             for s, v in zip(part, videos):
                 tr = detector.measure(v)
                 first, last = detector.position(v, 0), detector.position(v, clips.CHUNK - 1)
@@ -153,12 +158,16 @@ def run_suite(models, suite: str, n: int | None = None, steps: int = STEPS, cfg:
 
 
 def evaluate(models_dir: str | None = None, suites=SUITES, n: int | None = None, steps: int = STEPS,
-             cfg: float = CFG) -> dict:
+             cfg: float = CFG, cache: dict | None = None) -> dict:
+    """cache: step-cache settings; the result then says per suite how many transformer calls were skipped."""
     models = load_demo(models_dir)
     out = {"steps": steps, "cfg": cfg, "suites": {}}
     for suite in suites:
         t = time.time()
-        res = run_suite(models, suite, n, steps, cfg)
+        suite_cache = None if cache is None else {**cache, "counts": {}}
+        res = run_suite(models, suite, n, steps, cfg, cache=suite_cache)
+        if suite_cache is not None:
+            res["transformer_calls"] = suite_cache["counts"]
         res["seconds"] = round(time.time() - t, 1)
         out["suites"][suite] = res
         print(f"{suite:9s} {res['accuracy']:.3f} ({res['n']} videos, {res['seconds']} s)", flush=True)

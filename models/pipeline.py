@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import comfy_adapter
-from . import attention as attention_backends, checkpoint, compilation, devices, fp8, mask_strategy, offload, preview
+from . import (attention as attention_backends, checkpoint, compilation, devices, fp8, mask_strategy, offload, preview,
+               step_cache)
 from .errors import DamagedFileError, InputError, ModelLoadError  # noqa: F401  (the nodes catch them here)
 from .families import FAMILIES, SCHEDULERS, TEXT_FAMILIES, VAES, BY_CHECKPOINT, BY_TEXT_FAMILY  # noqa: F401
 from .family import Presets, Sampling
@@ -43,6 +44,14 @@ def compiled(model: DiffusionModel, mode: str, dynamic: bool) -> DiffusionModel:
         raise InputError("mode", f"unknown torch.compile mode '{mode}'", f"choose one of {COMPILE_MODES}")
     return dataclasses.replace(model, compile={"mode": mode, "dynamic": bool(dynamic)})
 
+
+def step_cached(model: DiffusionModel, threshold: float, start: float, end: float) -> DiffusionModel:
+    """The same model (weights shared) skipping near-repeat transformer calls when it samples."""
+    if not 0 <= start <= end <= 1:
+        raise InputError("start", f"start {start} and end {end} are not 0 <= start <= end <= 1",
+                         "give the part of the run that may skip as fractions of the steps, e.g. 0.1 and 0.9")
+    return dataclasses.replace(model, step_cache={"threshold": threshold, "start": start, "end": end})
+
 # Storage-only precisions of the model loader: block weights in fp8, compute in the device's default precision.
 FP8_STORAGE = fp8.FP8_DTYPES
 
@@ -58,6 +67,7 @@ class DiffusionModel:
     offload: str = "model"
     attention: str = "sdpa"  # the backend its sampler runs on (models/attention.py)
     compile: dict | None = None  # torch.compile of its blocks (models/compilation.py); None: eager
+    step_cache: dict | None = None  # skipping of near-repeat steps (models/step_cache.py); None: off
 
 
 @dataclass
@@ -381,7 +391,8 @@ def sample(model: DiffusionModel, positive: dict, latent: dict, seed: int, steps
                         temporal_image_guidance, flow_shift)
     compilation.apply(model.net, model.compile)
     # the latent carries its VAE's preview fit; the model its attention backend
-    with preview.active(info.get("preview")), attention_backends.use(model.attention):
+    with preview.active(info.get("preview")), attention_backends.use(model.attention), \
+            step_cache.caching(model.net, model.step_cache, steps):
         return family.sample(model, positive, negative, latent, info, settings)
 
 

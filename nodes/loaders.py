@@ -4,7 +4,7 @@ from __future__ import annotations
 from .. import comfy_adapter
 from ..models import pipeline
 from ..models.offload import OFFLOAD_MODES
-from .common import CATEGORY, DTYPE_CHOICES, NodeInputError, model_choices, resolve_model_path
+from .common import CATEGORY, DTYPE_CHOICES, NodeInputError, check_floats, model_choices, resolve_model_path
 
 
 def _load(node: str, input_name: str, fn, *args):
@@ -158,15 +158,52 @@ class OpenSoraCompileModel:
             raise NodeInputError("OpenSoraCompileModel", e.input_name, e.problem, e.fix) from e
 
 
+class OpenSoraStepCache:
+    DESCRIPTION = ("Skips transformer calls whose input has moved little since the last call that ran, reusing "
+                   "its prediction (TeaCache's idea, for every family's sampler). Higher thresholds skip more steps "
+                   "and drift further from the uncached video; the first and last steps always run. The log says "
+                   "how many calls were skipped.")
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = ("OPENSORA_MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The same model (weights shared), caching steps when it samples.",)
+    FUNCTION = "cache"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("OPENSORA_MODEL", {"tooltip": "From OpenSora Model Loader (or Compile Model)."}),
+            "threshold": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 2.0, "step": 0.01,
+                                    "tooltip": "Summed relative change of the model input below which a step reuses "
+                                               "the last prediction. 0 = off (exactly the uncached result)."}),
+            "start": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 1.0, "step": 0.01,
+                                "tooltip": "Steps before this fraction of the run always run."}),
+            "end": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 1.0, "step": 0.01,
+                              "tooltip": "Steps from this fraction of the run on always run."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, threshold=None, start=None, end=None):
+        return check_floats("OpenSoraStepCache", cls, threshold=threshold, start=start, end=end)
+
+    def cache(self, model, threshold, start, end):
+        try:
+            return (pipeline.step_cached(model, threshold, start, end),)
+        except pipeline.InputError as e:
+            raise NodeInputError("OpenSoraStepCache", e.input_name, e.problem, e.fix) from e
+
+
 NODE_CLASS_MAPPINGS = {
     "OpenSoraModelLoader": OpenSoraModelLoader,
     "OpenSoraVAELoader": OpenSoraVAELoader,
     "OpenSoraTextEncoderLoader": OpenSoraTextEncoderLoader,
     "OpenSoraCompileModel": OpenSoraCompileModel,
+    "OpenSoraStepCache": OpenSoraStepCache,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "OpenSoraModelLoader": "OpenSora Model Loader",
     "OpenSoraVAELoader": "OpenSora VAE Loader",
     "OpenSoraTextEncoderLoader": "OpenSora Text Encoder Loader (T5)",
     "OpenSoraCompileModel": "OpenSora Compile Model",
+    "OpenSoraStepCache": "OpenSora Step Cache",
 }
