@@ -213,6 +213,19 @@ def check_interrupt():
         raise Interrupted("cancelled by the user")
 
 
+@contextlib.contextmanager
+def interruptible(module: torch.nn.Module):
+    """Cancel checks before every convolution of `module`: a VAE decode stops within one layer, not at the end of a
+    chunk that takes seconds (their cost is a flag test per layer call)."""
+    handles = [m.register_forward_pre_hook(lambda *_: check_interrupt()) for m in module.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def set_progress_hook(fn):
     global _progress_hook
     _progress_hook = fn

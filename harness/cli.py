@@ -99,6 +99,25 @@ def apply_sets(prompt: dict, sets: list[str], defs: dict) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
+# Signals
+# --------------------------------------------------------------------------------------------
+class Terminated(BaseException):
+    """SIGTERM: raised where the run is, so the writers' cleanup (no half-written or hidden .partial file) runs."""
+
+
+def _on_ctrl_c(*_):
+    """The first Ctrl-C cancels at the next check (between steps, layers, frames); a second one quits now."""
+    if comfy_adapter._cancel.is_set():
+        raise KeyboardInterrupt
+    comfy_adapter.request_cancel()
+    print("\ncancelling at the next step (Ctrl-C again to quit now)", file=sys.stderr, flush=True)
+
+
+def _on_sigterm(*_):
+    raise Terminated
+
+
+# --------------------------------------------------------------------------------------------
 # Commands
 # --------------------------------------------------------------------------------------------
 def _load(args, pack):
@@ -213,7 +232,8 @@ def _run_once(args, pack, defs, prompt, workflow, data, executor) -> int:
     elif isinstance(data, dict) and isinstance(data.get("extra_data"), dict):
         extra_data = data["extra_data"]
 
-    previous = signal.signal(signal.SIGINT, lambda *_: comfy_adapter.request_cancel())
+    previous = signal.signal(signal.SIGINT, _on_ctrl_c)
+    previous_term = signal.signal(signal.SIGTERM, _on_sigterm)
     start = time.time()
     try:
         out = executor.run(result["validated_prompt"], extra_data=extra_data,
@@ -224,8 +244,13 @@ def _run_once(args, pack, defs, prompt, workflow, data, executor) -> int:
     except NodeExecutionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("terminated: stopped, no partial files were written", file=sys.stderr)
+        return 143
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        comfy_adapter.clear_cancel()
     for path in _saved_files(out["outputs"]):
         print(path)
     print(f"done in {time.time() - start:.1f}s", file=sys.stderr)

@@ -410,8 +410,9 @@ def decode(vae: VideoVAE, latent: dict, temporal_chunk: int = 0, temporal_overla
     net = vae.net.to(vae.device)
     try:
         z = latent["samples"].to(vae.device, vae.dtype)
-        return net.decode_video(z, info["num_frames"], temporal_chunk, temporal_overlap, spatial_tile,
-                                spatial_overlap)
+        with comfy_adapter.interruptible(net):
+            return net.decode_video(z, info["num_frames"], temporal_chunk, temporal_overlap, spatial_tile,
+                                    spatial_overlap)
     finally:
         if vae.offload_device != vae.device:
             net.to(vae.offload_device)
@@ -436,7 +437,8 @@ def _encode_latents(vae: VideoVAE, video: torch.Tensor, progress: bool = True) -
     try:
         video = video.to(vae.device, vae.dtype)
         encoder, runs = net.encoder_runs(video.shape)
-        with comfy_adapter.progress_per_call(encoder, runs if progress else 0, "encoding"):
+        with comfy_adapter.progress_per_call(encoder, runs if progress else 0, "encoding"), \
+                comfy_adapter.interruptible(net):
             z = net.encode_video(video)
     finally:
         if vae.offload_device != vae.device:

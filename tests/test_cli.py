@@ -135,3 +135,46 @@ def test_float_checks_keep_the_range_checks_they_replace():
     assert "input 'fps': nan" in OpenSoraSaveVideo.VALIDATE_INPUTS(format="mp4", pixel_format="yuv420p",
                                                                      fps=float("nan"))
     assert "input 'force_fps': -1.0 is below" in OpenSoraLoadVideo.VALIDATE_INPUTS(video="x.mp4", force_fps=-1.0)
+
+
+def test_second_ctrl_c_quits_now():
+    from comfyui_opensora.harness.cli import _on_ctrl_c
+
+    comfy_adapter.clear_cancel()
+    try:
+        _on_ctrl_c()  # the first asks for a clean cancel at the next check
+        assert comfy_adapter._cancel.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            _on_ctrl_c()
+    finally:
+        comfy_adapter.clear_cancel()
+
+
+def test_sigterm_stops_the_run_and_leaves_no_file(tmp_path):
+    """SIGTERM used to kill the run where it stood, leaving a hidden .partial file; now it unwinds (the writers
+    clean up) and exits 143."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "comfyui_opensora", "run", os.path.join(WORKFLOWS, "demo_t2v.json"),
+                             "--set", "steps=1000", "--output-dir", str(out)], cwd=os.path.dirname(REPO_ROOT),
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": _pack_path(tmp_path)})
+    deadline = time.time() + 120
+    seen = ""
+    while "Sampler" not in seen and time.time() < deadline:  # the node's line: it is about to sample
+        seen += proc.stderr.read(1)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143, seen + rest
+    assert "terminated: stopped, no partial files were written" in rest
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
+def _pack_path(tmp_path) -> str:
+    """A folder where `comfyui_opensora` is this checkout, whatever the checkout's folder is called."""
+    link = tmp_path / "pkg"
+    link.mkdir()
+    os.symlink(REPO_ROOT, link / "comfyui_opensora")
+    return str(link)
