@@ -164,6 +164,28 @@ def model_path(kind: str, name: str) -> str | None:
     return None
 
 
+def check_save_folder(filename_prefix: str, output_dir: str | None = None):
+    """(problem, fix) when an output with this prefix could not be written, else None; creates nothing, so a prompt
+    can be refused at validation, before any model runs."""
+    output_dir = os.path.abspath(output_dir or output_directory())
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        return (f"the output folder {output_dir} is a file", "give the output folder (--output-dir) a folder's path")
+    subfolder = os.path.dirname(os.path.normpath(filename_prefix))
+    folder = os.path.abspath(os.path.join(output_dir, subfolder))
+    if os.path.isabs(subfolder) or os.path.commonpath((output_dir, folder)) != output_dir:
+        return (f"'{filename_prefix}' points outside the output folder {output_dir}",
+                "use a name, or a subfolder/name, inside the output folder")
+    existing = folder
+    while not os.path.exists(existing):  # the folders to be made are made in the nearest one that exists
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return (f"{existing} is a file, so {folder} cannot be made", "choose another filename_prefix subfolder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return (f"the folder {existing} is not writable", "make it writable, or choose another output folder "
+                "(--output-dir headless)")
+    return None
+
+
 def get_save_path(filename_prefix: str, output_dir: str | None = None):
     """(folder, filename, counter, subfolder) for a new output, as ComfyUI's get_save_image_path:
     the prefix may hold a subfolder, the counter is one more than the highest `<name>_NNNNN_` present."""

@@ -56,13 +56,18 @@ class OpenSoraSaveVideo:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, format=None, pixel_format=None, fps=None):
+    def VALIDATE_INPUTS(cls, format=None, pixel_format=None, fps=None, filename_prefix=None):
         """Refuse an impossible format / pixel format pair before the workflow runs, not after sampling.
         (Naming them here makes ComfyUI skip its own list check for both: check_save_options does it. crf keeps
         ComfyUI's 0-63 check; its 51 limit for mp4 is checked when saving. A linked input arrives as None.)"""
         floats = check_floats("OpenSoraSaveVideo", cls, fps=fps)
-        if floats is not True or format is None or pixel_format is None:
+        if floats is not True:
             return floats
+        problem = None if filename_prefix is None else comfy_adapter.check_save_folder(filename_prefix)
+        if problem:  # found now, not after sampling and decoding
+            return str(NodeInputError("OpenSoraSaveVideo", "filename_prefix", *problem))
+        if format is None or pixel_format is None:
+            return True
         try:
             video_io.check_save_options(format, pixel_format)
         except video_io.VideoIOError as e:
@@ -77,10 +82,16 @@ class OpenSoraSaveVideo:
             video_io.check_save_options(format, pixel_format, crf, tuple(images.shape[1:3]))
         except video_io.VideoIOError as e:
             raise NodeInputError(node, e.input_name, str(e), e.fix) from e
+        problem = comfy_adapter.check_save_folder(filename_prefix)
+        if problem:
+            raise NodeInputError(node, "filename_prefix", *problem)
         try:
             folder, name, counter, subfolder = comfy_adapter.get_save_path(filename_prefix)
         except ValueError as e:
             raise NodeInputError(node, "filename_prefix", str(e), "use a name inside the output folder") from e
+        except OSError as e:
+            raise NodeInputError(node, "filename_prefix", f"cannot make the folder {e.filename} ({e.strerror})",
+                                 "choose another output folder or filename_prefix") from e
         ext = video_io.FORMATS[format][2]
         filename = f"{name}_{counter:05}_{ext}"
         path = os.path.join(folder, filename)
@@ -91,6 +102,9 @@ class OpenSoraSaveVideo:
                                          lossless=lossless, loop=loop_count, progress=bar.update_absolute)
         except video_io.VideoIOError as e:
             raise NodeInputError(node, e.input_name or "images", str(e), e.fix or "check the inputs") from e
+        except OSError as e:
+            raise NodeInputError(node, "filename_prefix", f"cannot write {path} ({e.strerror})",
+                                 "check the output folder's space and permissions") from e
         finally:
             bar.close()
         subfolder = subfolder.replace(os.sep, "/")

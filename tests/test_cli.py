@@ -178,3 +178,31 @@ def _pack_path(tmp_path) -> str:
     link.mkdir()
     os.symlink(REPO_ROOT, link / "comfyui_opensora")
     return str(link)
+
+
+@pytest.mark.parametrize("case", ["file_as_output_dir", "prefix_outside", "read_only"])
+def test_output_folder_problems_are_found_at_validation(tmp_path, capsys, clip, case, monkeypatch):
+    """Found when the prompt is validated, before anything runs, naming the node, the input and the fix (they
+    used to surface after sampling and decoding as raw OS errors)."""
+    out, sets = tmp_path / "out", ["--set", f"path={clip}"]
+    if case == "file_as_output_dir":
+        out.write_text("not a folder")
+    elif case == "prefix_outside":
+        out.mkdir()
+        sets += ["--set", "filename_prefix=../../elsewhere/clip"]
+    else:
+        out.mkdir()
+        out.chmod(0o500)
+        if os.geteuid() == 0:  # root may write anyway: ask the check as a user would be answered
+            real = os.access
+            monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and not str(p).startswith(str(out)))
+    try:
+        rc = main(["run", os.path.join(WORKFLOWS, "video_convert.json"), *sets, "--output-dir", str(out)])
+    finally:
+        if out.is_dir():
+            out.chmod(0o700)
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert "OpenSoraSaveVideo: input 'filename_prefix'" in err, err
+    assert {"file_as_output_dir": "is a file", "prefix_outside": "points outside the output folder",
+            "read_only": "is not writable"}[case] in err, err
