@@ -415,3 +415,39 @@ def test_node_definitions_are_complete():
         assert cls.CATEGORY == "OpenSora/video" and cls.DESCRIPTION
     assert OpenSoraSaveVideo.OUTPUT_NODE is True
     assert OpenSoraSaveVideo.INPUT_TYPES()["hidden"] == {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+
+
+REPRODUCIBLE_SCRIPT = """
+import hashlib, sys, torch
+from comfyui_opensora import video_io
+t = torch.linspace(0, 1, 25)[:, None, None, None]
+y = torch.linspace(0, 1, 240)[None, :, None, None]
+x = torch.linspace(0, 1, 424)[None, None, :, None]
+g = torch.Generator().manual_seed(0)
+images = (0.5 + 0.5 * torch.sin(20 * x + 10 * y + 6 * t + torch.tensor([0, 2, 4.0]))).expand(25, 240, 424, 3)
+images = (images + 0.05 * torch.rand(images.shape, generator=g)).clamp(0, 1)
+for fmt in sys.argv[2:]:
+    path = sys.argv[1] + "." + video_io.FORMATS[fmt][2]
+    video_io.write_video(path, images, 24.0, fmt, 23, "yuv420p", {"prompt": "{}"})
+    print(fmt, hashlib.md5(open(path, "rb").read()).hexdigest())
+"""
+
+
+def test_the_same_frames_give_the_same_file(tmp_path):
+    """Run after run and process after process, byte for byte: x264's mbtree made pixels differ by up to 38/255,
+    and the WebM muxer wrote a random segment UID and the date."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    script = tmp_path / "write.py"
+    script.write_text(REPRODUCIBLE_SCRIPT)
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    os.symlink(REPO_ROOT, pkg / "comfyui_opensora")
+    formats = ["mp4 (h264)", "mp4 (h265)", "webm (vp9)"]
+    runs = [subprocess.run([sys.executable, str(script), str(tmp_path / f"run{i}"), *formats], check=True,
+                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(pkg)}).stdout
+            for i in range(3)]
+    assert runs[0].count("\n") == 3 and runs[0] == runs[1] == runs[2], runs
