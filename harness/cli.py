@@ -289,11 +289,34 @@ def node_reference(pack) -> str:
     return "\n".join(lines)
 
 
+TINY_COGVIDEOX = ("2b", "5b", "5b_i2v", "1.5", "1.5_i2v")
+
+
+def tiny_recipes(models_dir: str) -> list[str]:
+    """Commands that run shipped workflows on the tiny checkpoints (tiny sizes, 2 steps)."""
+    from ..models.tiny import TINY_FILES
+
+    run = f"python -m comfyui_opensora run {{}} --models-dir {models_dir}"
+    v12 = " ".join(f"--set {k}={os.path.basename(TINY_FILES[f])}" for k, f in
+                   (("model_name", "model"), ("vae_name", "vae"), ("text_encoder_name", "text_encoder")))
+    size = "--set resolution=custom --set width=64 --set height=48 --set num_frames=17 --set steps=2"
+    cog = (f"--set model_name=cog_5b --set vae_name=cog_5b --set text_encoder_name={os.path.basename(TINY_FILES['text_encoder'])}"
+           f" --set width=64 --set height=64 --set num_frames=17 --set steps=2")
+    return [f"{run.format('workflows/opensora_v1.2_t2v.json')} {v12} {size}",
+            f"{run.format('workflows/cogvideox_t2v.json')} {cog}"]
+
+
 def cmd_tiny_models(args) -> int:
-    from ..models.tiny import write_tiny_models
+    from ..models.tiny import write_tiny_cogvideox, write_tiny_models
 
     for kind, path in write_tiny_models(args.models_dir).items():
         print(f"{kind}: {path}")
+    for variant in TINY_COGVIDEOX:  # diffusers-layout folders, picked in both the model and the VAE loader
+        path = write_tiny_cogvideox(os.path.join(args.models_dir, "opensora", f"cog_{variant}"), variant)
+        print(f"cogvideox {variant}: {path}")
+    print("\nRun a shipped workflow on them (64x48, 17 frames, 2 steps; the videos are noise):")
+    for line in tiny_recipes(args.models_dir):
+        print("  " + line)
     return 0
 
 

@@ -206,3 +206,25 @@ def test_output_folder_problems_are_found_at_validation(tmp_path, capsys, clip, 
     assert "OpenSoraSaveVideo: input 'filename_prefix'" in err, err
     assert {"file_as_output_dir": "is a file", "prefix_outside": "points outside the output folder",
             "read_only": "is not writable"}[case] in err, err
+
+
+def test_tiny_models_recipes_run(tmp_path, capsys):
+    """`tiny-models` writes every family (CogVideoX folders too) and prints commands that run as printed."""
+    import shlex
+
+    models = tmp_path / "models"
+    assert main(["tiny-models", "--models-dir", str(models)]) == 0
+    printed = capsys.readouterr().out
+    assert (models / "opensora" / "cog_5b" / "transformer").is_dir() and "cogvideox 1.5_i2v" in printed
+    commands = [line.strip() for line in printed.splitlines() if line.strip().startswith("python -m")]
+    assert len(commands) == 2
+    old = os.getcwd()
+    os.chdir(REPO_ROOT)  # the commands name workflows/ relative to the checkout
+    try:
+        for command in commands:
+            args = shlex.split(command)[3:] + ["--output-dir", str(tmp_path / "out")]
+            assert main(args) == 0, (command, capsys.readouterr().err)
+    finally:
+        os.chdir(old)
+        comfy_adapter._settings.update(output_dir=None, input_dir=None, models_dir=None)
+    assert len([p for p in (tmp_path / "out").rglob("*.mp4")]) == 2
