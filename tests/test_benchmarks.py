@@ -45,3 +45,16 @@ def test_speed_benchmark_writes_its_ratios(tmp_path):
     for family in ("stdit3", "mmdit"):
         assert {"sdpa", "math"} <= set(result[family]["seconds_per_step"])
         assert result[family]["speedup_sdpa_over_math"] > 0
+
+
+def test_gpu_benchmark_dry_run(tmp_path):
+    """benchmarks/gpu/run.sh --dry-run: the GPU script's code paths at tiny sizes on the CPU, every case."""
+    out = tmp_path / "gpu.json"
+    subprocess.run(["bash", os.path.join(BENCH, "gpu", "run.sh"), "--dry-run", "--out", str(out)], check=True,
+                   capture_output=True, timeout=300, env={**os.environ, "PYTHON": sys.executable})
+    result = json.loads(out.read_text())
+    assert result["dry_run"] and set(result["cases"]) == {"cogvideox_2b", "cogvideox_5b", "stdit3_xl2",
+                                                         "mmdit_11b_fp8_streamed"}
+    for name, row in result["cases"].items():
+        assert "error" not in row and row["seconds_per_step"] > 0 and row["tflops_per_step"] > 0, (name, row)
+    assert result["cases"]["cogvideox_5b"]["speed_ratio_diffusers_over_ours"] > 0
