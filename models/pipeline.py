@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -224,6 +225,25 @@ def _is_clip_file(path: str) -> bool:
     checkpoint.check_safetensors(path)
     with safe_open(path, "pt") as f:
         return is_clip(dict.fromkeys(f.keys()))
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """What an allocator failure says, in a sentence (None when e is not one)."""
+    text = str(e)
+    if isinstance(e, torch.OutOfMemoryError) or "CUDA out of memory" in text:
+        return "the GPU ran out of memory" + (f" ({text.split('.')[0].split(':')[-1].strip()})" if text else "")
+    if "can't allocate memory" in text or "DefaultCPUAllocator" in text:
+        wanted = re.search(r"allocate (\d+) bytes", text)
+        size = f" for {int(wanted.group(1)) / 2 ** 30:.1f} GB" if wanted else ""
+        return f"the computer ran out of memory{size}"
+    return None
+
+
+def free_memory():
+    import gc
+
+    gc.collect()
+    comfy_adapter.soft_empty_cache()
 
 
 # --------------------------------------------------------------------------------------------

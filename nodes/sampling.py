@@ -1,18 +1,36 @@
 """Latent, conditioning and sampler nodes."""
 from __future__ import annotations
 
+import torch
+
 from ..models import pipeline
 from .common import CATEGORY, NodeInputError, check_floats, images_to_video
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
+OUT_OF_MEMORY_FIX = {
+    "OpenSoraSampler": "use a smaller size or fewer frames, or offload 'sequential' in OpenSora Model Loader",
+    "OpenSoraVAEDecode": "set spatial_tile (e.g. 256) and a smaller temporal_chunk, or decode fewer frames",
+    "OpenSoraVAEEncode": "encode fewer or smaller frames (OpenSora Load Video's frame_cap and resize)",
+}
+
+
 def _checked(node: str, fn, *args, **kwargs):
-    """Run model code; its InputError names the input, this adds the node."""
+    """Run model code; its InputError names the input, this adds the node. Running out of memory (CPU or CUDA)
+    frees what the attempt held and says what to change, instead of the allocator's traceback."""
     try:
         return fn(*args, **kwargs)
     except pipeline.InputError as e:
         raise NodeInputError(node, e.input_name, e.problem, e.fix) from e
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        wanted = pipeline.out_of_memory(e)
+        if wanted is None:
+            raise
+        e = None  # drop the traceback's frames, and with them the tensors they hold, before freeing
+        pipeline.free_memory()
+        raise NodeInputError(node, "latent" if node != "OpenSoraVAEEncode" else "images", wanted,
+                             OUT_OF_MEMORY_FIX.get(node, "use a smaller size or fewer frames")) from None
 
 
 class OpenSoraEmptyLatent:

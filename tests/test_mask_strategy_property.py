@@ -127,3 +127,31 @@ def test_iddpm_refuses_a_single_step(setups):
     latent = pipeline.empty_latent(vae, "custom", "16:9", w, h, frames, 1)
     with pytest.raises(pipeline.InputError, match="input 'steps': IDDPM cannot sample in 1 step"):
         pipeline.sample(model, cond, latent, seed=0, steps=1, cfg=1.0, scheduler="iddpm", denoise=1.0, fps=24)
+
+
+def test_out_of_memory_is_a_node_message_and_memory_is_freed(setups, monkeypatch):
+    """An allocator failure inside sampling (the CPU's, as 4096x4096 on the demo model gave) reaches the user as
+    the node's message with what to change, after the attempt's memory is freed; other errors pass through."""
+    from comfyui_opensora.nodes.common import NodeInputError
+    from comfyui_opensora.nodes.sampling import OpenSoraSampler
+
+    model, vae, cond, (frames, h, w) = setups["opensora-v1.2"]
+    latent = pipeline.empty_latent(vae, "custom", "16:9", w, h, frames, 1)
+    freed = []
+    monkeypatch.setattr(pipeline, "free_memory", lambda: freed.append(True))
+    for error, wanted in ((RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't "
+                                        "allocate memory: you tried to allocate 10099884032 bytes. Error code 12"),
+                           "the computer ran out of memory for 9.4 GB"),
+                          (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+                           "the GPU ran out of memory")):
+        def fail(*args, **kwargs):
+            raise error
+
+        monkeypatch.setattr(pipeline, "sample", fail)
+        with pytest.raises(NodeInputError, match=f"OpenSoraSampler: input 'latent': {wanted}.*Fix: use a smaller "
+                                                 f"size or fewer frames, or offload 'sequential'"):
+            OpenSoraSampler().sample(model, cond, latent, 0, 2, 5.0, "rflow", 1.0, 24)
+    assert freed == [True, True]
+    monkeypatch.setattr(pipeline, "sample", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        OpenSoraSampler().sample(model, cond, latent, 0, 2, 5.0, "rflow", 1.0, 24)
