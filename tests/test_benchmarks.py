@@ -58,3 +58,15 @@ def test_gpu_benchmark_dry_run(tmp_path):
     for name, row in result["cases"].items():
         assert "error" not in row and row["seconds_per_step"] > 0 and row["tflops_per_step"] > 0, (name, row)
     assert result["cases"]["cogvideox_5b"]["speed_ratio_diffusers_over_ours"] > 0
+
+
+def test_growth_benchmark_writes_curves(tmp_path):
+    """benchmarks/growth.py at the tiny config: both axes for the three transformers, and a PNG per family."""
+    out = tmp_path / "growth.json"
+    subprocess.run([sys.executable, os.path.join(BENCH, "growth.py"), "--config", "tiny", "--device", "cpu",
+                    "--repeats", "1", "--out", str(out)], check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    for family in ("stdit3", "cogvideox", "mmdit"):
+        rows = result["families"][family]
+        assert set(rows) == {"frames", "pixels"} and all(r["seconds_per_step"] > 0 for r in rows["frames"])
+        assert (tmp_path / f"growth_{family}.png").stat().st_size > 0
