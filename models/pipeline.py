@@ -38,21 +38,6 @@ ASPECT_RATIOS = ["16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "2:1", "1:2"
 ATTENTION_BACKENDS = attention_backends.BACKENDS
 COMPILE_MODES = compilation.MODES
 
-
-def compiled(model: DiffusionModel, mode: str, dynamic: bool) -> DiffusionModel:
-    """The same model (weights shared) with its blocks compiled when it samples."""
-    if mode not in COMPILE_MODES:
-        raise InputError("mode", f"unknown torch.compile mode '{mode}'", f"choose one of {COMPILE_MODES}")
-    return dataclasses.replace(model, compile={"mode": mode, "dynamic": bool(dynamic)})
-
-
-def step_cached(model: DiffusionModel, threshold: float, start: float, end: float) -> DiffusionModel:
-    """The same model (weights shared) skipping near-repeat transformer calls when it samples."""
-    if not 0 <= start <= end <= 1:
-        raise InputError("start", f"start {start} and end {end} are not 0 <= start <= end <= 1",
-                         "give the part of the run that may skip as fractions of the steps, e.g. 0.1 and 0.9")
-    return dataclasses.replace(model, step_cache={"threshold": threshold, "start": start, "end": end})
-
 # Storage-only precisions of the model loader: block weights in fp8, compute in the device's default precision.
 FP8_STORAGE = fp8.FP8_DTYPES
 
@@ -183,6 +168,24 @@ def load_vae(path: str, dtype_name: str = "auto") -> VideoVAE:
                              f"({type(e).__name__}: {e})") from e
     net.to(dtype=dtype).eval().requires_grad_(False)
     return VideoVAE(spec.name, net, dtype, device, devices.offload_device(), spec.grid or 0, spec.presets)
+
+
+# --------------------------------------------------------------------------------------------
+# Model settings (nodes that take a model and give it back, weights shared)
+# --------------------------------------------------------------------------------------------
+def compiled(model: DiffusionModel, mode: str, dynamic: bool) -> DiffusionModel:
+    """The same model (weights shared) with its blocks compiled when it samples."""
+    if mode not in COMPILE_MODES:
+        raise InputError("mode", f"unknown torch.compile mode '{mode}'", f"choose one of {COMPILE_MODES}")
+    return dataclasses.replace(model, compile={"mode": mode, "dynamic": bool(dynamic)})
+
+
+def step_cached(model: DiffusionModel, threshold: float, start: float, end: float) -> DiffusionModel:
+    """The same model (weights shared) skipping near-repeat transformer calls when it samples."""
+    if not 0 <= start <= end <= 1:
+        raise InputError("start", f"start {start} and end {end} are not 0 <= start <= end <= 1",
+                         "give the part of the run that may skip as fractions of the steps, e.g. 0.1 and 0.9")
+    return dataclasses.replace(model, step_cache={"threshold": threshold, "start": start, "end": end})
 
 
 def load_text_encoder(path: str, tokenizer_dir: str | None, dtype_name: str = "auto", device_name: str = "auto"):
