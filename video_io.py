@@ -173,8 +173,9 @@ def _write_av(tmp, container, codec, images, fps, crf, pixel_format, metadata, p
         cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = BT709, BT709, BT709, LIMITED_RANGE
         stream.options = {"crf": str(crf)}
         if codec == "libx264":
-            # x264's macroblock-tree rate control made the same frames encode differently from run to run (up to
-            # 38/255 at 424x240); without it the file is reproducible, at a few percent more bits for the quality
+            # x264's macroblock-tree rate control made the same frames encode differently from run to run (pixels
+            # up to 38/255 apart in the report, 28/255 at 424x240 here); without it the file is reproducible, at a
+            # few percent more bits for the same quality
             stream.options["x264-params"] = "mbtree=0"
         if codec == "libvpx-vp9":
             stream.options.update({"b": "0", "row-mt": "1"})  # b=0: constant quality, crf alone decides

@@ -19,9 +19,5 @@ BY_CHECKPOINT: dict[str, Family] = {kind: f for f in FAMILIES.values() for kind 
 BY_TEXT_FAMILY: dict[str, Family] = {name: f for f in FAMILIES.values() for name in f.text_families}
 
 
-def unique(items) -> list:
-    return list(dict.fromkeys(items))
-
-
 TEXT_FAMILIES = list(BY_TEXT_FAMILY)
-SCHEDULERS = unique(s for f in FAMILIES.values() for s in f.schedulers)
+SCHEDULERS = list(dict.fromkeys(s for f in FAMILIES.values() for s in f.schedulers))

@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from . import devices
 from .errors import InputError
 from .opensora import buckets
 
@@ -31,6 +32,12 @@ class Sampling:
     flow_shift: float = 0.0              # Open-Sora 2.0
 
 
+def device_dtype(dtype_name: str, device: torch.device, config: dict) -> torch.dtype:
+    """The device policy's precision (auto: bf16 where the GPU has it, fp32 on the CPU), for families without
+    a rule of their own."""
+    return devices.resolve_dtype(dtype_name, device)
+
+
 @dataclass(frozen=True)
 class Family:
     name: str                        # DiffusionModel.family, and the conditioning's family
@@ -42,7 +49,7 @@ class Family:
     text_families: tuple[str, ...]   # its entries in OpenSora Text Encode's family list
     encode_text: Callable            # (text_family, t5, clip, prompt, aesthetic_score, motion_score, camera_motion)
     sample: Callable                 # (model, positive, negative, latent, info, Sampling) -> latent
-    dtype: Callable | None = None    # (dtype_name, device, config) -> dtype; None: the device policy's
+    dtype: Callable = device_dtype   # (dtype_name, device, config) -> the compute dtype
 
 
 @dataclass(frozen=True)

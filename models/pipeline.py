@@ -145,7 +145,7 @@ def load_diffusion_model(path: str, dtype_name: str = "auto", offload_mode: str 
         raise ModelLoadError(f"'{path}' looks like a {kind} checkpoint but its tensors do not fit that model "
                              f"({type(e).__name__}: {e}); the file may be truncated or converted wrongly") from e
     compute = "auto" if dtype_name in FP8_STORAGE else dtype_name
-    dtype = (family.dtype or (lambda name, dev, _: devices.resolve_dtype(name, dev)))(compute, device, config)
+    dtype = family.dtype(compute, device, config)
     net.to(dtype=dtype).eval().requires_grad_(False)
     if dtype_name in FP8_STORAGE:
         fp8.store_fp8(net, FP8_STORAGE[dtype_name])

@@ -5,6 +5,7 @@ from .. import comfy_adapter
 from ..models import pipeline
 from ..models.offload import OFFLOAD_MODES
 from .common import CATEGORY, DTYPE_CHOICES, NodeInputError, check_floats, model_choices, resolve_model_path
+from .sampling import _checked
 
 
 def _load(node: str, input_name: str, fn, *args):
@@ -152,10 +153,7 @@ class OpenSoraCompileModel:
         }}
 
     def compile(self, model, mode, dynamic):
-        try:
-            return (pipeline.compiled(model, mode, dynamic),)
-        except pipeline.InputError as e:
-            raise NodeInputError("OpenSoraCompileModel", e.input_name, e.problem, e.fix) from e
+        return (_checked("OpenSoraCompileModel", pipeline.compiled, model, mode, dynamic),)
 
 
 class OpenSoraStepCache:
@@ -187,10 +185,7 @@ class OpenSoraStepCache:
         return check_floats("OpenSoraStepCache", cls, threshold=threshold, start=start, end=end)
 
     def cache(self, model, threshold, start, end):
-        try:
-            return (pipeline.step_cached(model, threshold, start, end),)
-        except pipeline.InputError as e:
-            raise NodeInputError("OpenSoraStepCache", e.input_name, e.problem, e.fix) from e
+        return (_checked("OpenSoraStepCache", pipeline.step_cached, model, threshold, start, end),)
 
 
 NODE_CLASS_MAPPINGS = {
